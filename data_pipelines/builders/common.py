@@ -1,0 +1,185 @@
+"""Shared pieces of the TFDS builders: record schema, error policy, the video builder base class.
+
+Records are written as ArrayRecord and read back with `tfds.builder_from_directory(d).as_data_source(s)`
+without TensorFlow: frames are JPEG bytes in `Tensor(shape=(), dtype=np.object_)` (no `Image`/`Video`
+features, which need TensorFlow to encode or to load).
+
+Video record (one per video):
+    video_id    Text        unique within the split
+    frames_jpeg Sequence(bytes) one JPEG per frame, RGB
+    keypoints   float32 [T, 133, 3]  COCO-WholeBody (x, y in pixels of the stored frame, score)
+    fps         float32     0.0 when unknown (frame folders)
+    height, width, num_frames  int32
+
+Skipped inputs and colour conversions are recorded in the dataset's `metadata.json`:
+    {"on_error": "skip", "skipped": {split: [{"file": ..., "reason": ...}]}, "num_skipped": {split: n},
+      "conversions": {split: {"RGBA->RGB": n, ...}}}
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import inspect
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from etils import epath
+import tensorflow_datasets as tfds
+
+from data_pipelines.builders import media
+
+_log = logging.getLogger(__name__)
+
+ON_ERROR_CHOICES = ("raise", "skip")
+
+
+def video_features() -> tfds.features.FeaturesDict:
+    """The TF-free feature schema of a video record."""
+    return tfds.features.FeaturesDict({
+            "video_id": tfds.features.Text(),
+            "frames_jpeg": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+            "keypoints": tfds.features.Tensor(shape=(None, media.NUM_KEYPOINTS, 3), dtype=np.float32),
+            "fps": tfds.features.Scalar(dtype=np.float32),
+            "height": tfds.features.Scalar(dtype=np.int32),
+            "width": tfds.features.Scalar(dtype=np.int32),
+            "num_frames": tfds.features.Scalar(dtype=np.int32),
+    })
+
+
+class ErrorPolicy:
+    """Raise on bad input (default) or skip it: counted, logged, and kept for the dataset metadata."""
+
+    def __init__(self, on_error: str = "raise"):
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error={on_error!r}; expected one of {ON_ERROR_CHOICES}")
+        self.on_error = on_error
+        self.skipped: dict[str, list[dict[str, str]]] = {}
+        self.conversions: dict[str, media.Conversions] = {}
+
+    def handle(self, split: str, error: media.BadInputError) -> None:
+        """Re-raises `error` (on_error=raise) or records it as skipped."""
+        if self.on_error == "raise":
+            raise error
+        _log.warning("skipping %s (split %s): %s", error.path, split, error.reason)
+        self.skipped.setdefault(split, []).append({"file": error.path, "reason": error.reason})
+
+    def counter(self, split: str) -> media.Conversions:
+        return self.conversions.setdefault(split, media.Conversions())
+
+    def as_metadata(self) -> dict[str, Any]:
+        """JSON-serialisable summary written to metadata.json."""
+        return {
+                "on_error": self.on_error,
+                "skipped": {k: list(v) for k, v in self.skipped.items()},
+                "num_skipped": {k: len(v) for k, v in self.skipped.items()},
+                "conversions": {k: dict(v) for k, v in self.conversions.items()},
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoItem:
+    """One raw video: a video file or a folder of frame images, and its pose file."""
+
+    video_id: str
+    path: str  # video file, or folder of frames
+    pose_path: str
+    frame_files: tuple[str, ...] = ()  # frame-folder videos: the frame images, sorted
+    frame_folder: bool = False
+
+
+class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base for video builders. Subclasses implement `_list_videos(manual_dir) -> {split: [VideoItem]}`."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release: JPEG frames, COCO-WholeBody keypoints [T,133,3]."}
+
+    def __init__(self, *, on_error: str = "raise", min_frames: int = 2, jpeg_quality: int = 95, **kwargs):
+        """Args: on_error: "raise" or "skip"; min_frames: shorter videos are bad input; jpeg_quality: 1-95."""
+        self._policy = ErrorPolicy(on_error)
+        self._min_frames = int(min_frames)
+        self._jpeg_quality = int(jpeg_quality)
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # TFDS's own lookup needs the `importlib_resources` backport on Python >= 3.9; the file is enough.
+        return epath.Path(inspect.getfile(cls))
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+                builder=self, description=self.__doc__, features=video_features(),
+                metadata=tfds.core.MetadataDict(), homepage=None)
+
+    @abc.abstractmethod
+    def _list_videos(self, manual_dir: str) -> dict[str, list[VideoItem]]:
+        """Lists the raw videos per split."""
+
+    def _split_generators(self, dl_manager):
+        manual_dir = str(dl_manager.manual_dir)
+        if not os.path.isdir(manual_dir):
+            raise FileNotFoundError(f"--manual_dir {manual_dir} is not a directory")
+        splits = self._list_videos(manual_dir)
+        return {split: self._generate_examples(split, items) for split, items in splits.items()}
+
+    def _generate_examples(self, split: str, items: list[VideoItem]) -> Iterator[tuple[str, dict[str, Any]]]:
+        for item in items:
+            try:
+                record = self._load_video(item, self._policy.counter(split))
+            except media.BadInputError as e:
+                self._policy.handle(split, e)
+                continue
+            yield item.video_id, record
+        self.info.metadata.update(self._policy.as_metadata())
+
+    def _load_video(self, item: VideoItem, conversions: media.Conversions) -> dict[str, Any]:
+        """Reads one video (file or frame folder) and its poses into a checked record."""
+        if item.frame_folder:
+            if not item.frame_files:
+                raise media.BadInputError(item.path, "no frame images in the video folder")
+            frames = (media.load_image(f, conversions) for f in item.frame_files)
+            fps = 0.0
+        else:
+            frames = media.iter_video_frames(item.path, conversions)
+            fps = media.video_fps(item.path)
+        jpegs, size = [], None
+        for i, frame in enumerate(frames):
+            if size is None:
+                size = frame.shape[:2]
+            elif frame.shape[:2] != size:
+                where = item.frame_files[i] if item.frame_files else f"{item.path} frame {i}"
+                raise media.BadInputError(where, f"frame size {frame.shape[:2]} differs from the first frame's {size}")
+            jpegs.append(media.encode_jpeg(frame, self._jpeg_quality))
+        if not jpegs:
+            raise media.BadInputError(item.path, "video has no frames")
+        if len(jpegs) < self._min_frames:
+            raise media.BadInputError(
+                    item.path, f"video too short: {len(jpegs)} frames < min_frames={self._min_frames}")
+        kp = media.load_keypoints(item.pose_path, num_frames=len(jpegs))
+        media.check_pixel_keypoints(item.pose_path, kp, *size)
+        return {
+                "video_id": item.video_id, "frames_jpeg": jpegs, "keypoints": kp, "fps": np.float32(fps),
+                "height": np.int32(size[0]), "width": np.int32(size[1]), "num_frames": np.int32(len(jpegs)),
+        }
+
+
+def read_split_list(path: str) -> list[str]:
+    """Names listed one per line (blank lines and '#' comments ignored; URLs reduced to basenames)."""
+    names = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                names.append(os.path.basename(line.split()[0]))
+    return names
+
+
+def pose_path_for(video_path: str) -> str:
+    """`<video>.npy` beside the video: `a/b.mp4` -> `a/b.npy`, frame folder `a/00001` -> `a/00001.npy`."""
+    root, ext = os.path.splitext(video_path.rstrip(os.sep))
+    return (root if ext.lower() in (".mp4", ".mov", ".avi", ".mkv", ".webm") else video_path.rstrip(os.sep)) + ".npy"

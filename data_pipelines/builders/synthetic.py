@@ -1,0 +1,57 @@
+"""TFDS builder: the procedural synthetic dance set (`humandiff.data.synthetic`), no raw files needed.
+
+Splits `train` (videos with seeds 0..num_videos-1) and `test` (the next num_test_videos seeds).
+Same record as the real video datasets (JPEG frames, COCO-WholeBody keypoints [T, 133, 3]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from data_pipelines.builders import common, media
+
+
+class Synthetic(common.VideoBuilderBase, skip_registration=True):
+    """Synthetic articulated figures with per-identity appearance and random motion."""
+
+    name = "synthetic"
+
+    def __init__(self, *, num_videos: int = 64, num_test_videos: int = 8, num_frames: int = 24,
+                 height: int = 64, width: int = 64, seed: int = 0, fps: float = 8.0, **kwargs):
+        """Args: sizes of the generated set; `seed` offsets every video's seed; rest as the base builder."""
+        self._sizes = dict(num_videos=num_videos, num_test_videos=num_test_videos, num_frames=num_frames,
+                           height=height, width=width, seed=seed, fps=fps)
+        super().__init__(**kwargs)
+
+    def _list_videos(self, manual_dir: str):  # not used: videos are generated
+        raise NotImplementedError
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        s = self._sizes
+        train = range(s["seed"], s["seed"] + s["num_videos"])
+        test = range(train.stop, train.stop + s["num_test_videos"])
+        splits = {"train": self._generate_examples("train", train)}
+        if s["num_test_videos"]:
+            splits["test"] = self._generate_examples("test", test)
+        return splits
+
+    def _generate_examples(self, split: str, seeds) -> Iterator[tuple[str, dict[str, Any]]]:
+        from humandiff.data import synthetic  # runtime dependency of this builder only
+
+        s = self._sizes
+        for seed in seeds:
+            video = synthetic.make_video(seed, s["num_frames"], s["height"], s["width"])
+            frames = np.asarray(video["frames"], np.uint8)
+            yield video["video_id"], {
+                "video_id": video["video_id"],
+                "frames_jpeg": [media.encode_jpeg(f, self._jpeg_quality) for f in frames],
+                "keypoints": np.asarray(video["keypoints"], np.float32),
+                "fps": np.float32(s["fps"]),
+                "height": np.int32(frames.shape[1]), "width": np.int32(frames.shape[2]),
+                "num_frames": np.int32(frames.shape[0]),
+            }
+        self.info.metadata.update(self._policy.as_metadata())
