@@ -98,10 +98,10 @@ class VitonHd(common.VideoBuilderBase, skip_registration=True):
                 continue
             pairs = _read_pairs(listing)
             if part == "train":
-                splits["train"] = self._generate_pairs("train", root, part, pairs)
+                splits["train"] = self._generate_examples("train", root, part, pairs)
             else:
-                splits["test_paired"] = self._generate_pairs("test_paired", root, part, [(p, p) for p, _ in pairs])
-                splits["test_unpaired"] = self._generate_pairs("test_unpaired", root, part, pairs)
+                splits["test_paired"] = self._generate_examples("test_paired", root, part, [(p, p) for p, _ in pairs])
+                splits["test_unpaired"] = self._generate_examples("test_unpaired", root, part, pairs)
         if not splits:
             raise FileNotFoundError(f"{root}: expected train_pairs.txt and/or test_pairs.txt")
         return splits
