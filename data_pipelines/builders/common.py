@@ -67,6 +67,12 @@ class ErrorPolicy:
         _log.warning("skipping %s (split %s): %s", error.path, split, error.reason)
         self.skipped.setdefault(split, []).append({"file": error.path, "reason": error.reason})
 
+    def finish_split(self, split: str, loaded: int) -> None:
+        """Fails clearly (instead of TFDS's "No examples were yielded") when every input was bad."""
+        if loaded == 0:
+            raise ValueError(f"split {split!r}: no usable examples, {len(self.skipped.get(split, []))} inputs "
+                             f"skipped as bad (see the warnings above)")
+
     def counter(self, split: str) -> media.Conversions:
         return self.conversions.setdefault(split, media.Conversions())
 
@@ -124,17 +130,20 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         manual_dir = str(dl_manager.manual_dir)
         if not os.path.isdir(manual_dir):
             raise FileNotFoundError(f"--manual_dir {manual_dir} is not a directory")
-        splits = self._list_videos(manual_dir)
+        splits = drop_empty_splits(self._list_videos(manual_dir))
         return {split: self._generate_examples(split, items) for split, items in splits.items()}
 
     def _generate_examples(self, split: str, items: list[VideoItem]) -> Iterator[tuple[str, dict[str, Any]]]:
+        loaded = 0
         for item in items:
             try:
                 record = self._load_video(item, self._policy.counter(split))
             except media.BadInputError as e:
                 self._policy.handle(split, e)
                 continue
+            loaded += 1
             yield item.video_id, record
+        self._policy.finish_split(split, loaded)
         self.info.metadata.update(self._policy.as_metadata())
 
     def _load_video(self, item: VideoItem, conversions: media.Conversions) -> dict[str, Any]:
@@ -143,10 +152,8 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             if not item.frame_files:
                 raise media.BadInputError(item.path, "no frame images in the video folder")
             frames = (media.load_image(f, conversions) for f in item.frame_files)
-            fps = 0.0
         else:
             frames = media.iter_video_frames(item.path, conversions)
-            fps = media.video_fps(item.path)
         jpegs, size = [], None
         for i, frame in enumerate(frames):
             if size is None:
@@ -160,12 +167,23 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if len(jpegs) < self._min_frames:
             raise media.BadInputError(
                     item.path, f"video too short: {len(jpegs)} frames < min_frames={self._min_frames}")
+        fps = 0.0 if item.frame_folder else media.video_fps(item.path)  # after decoding: errors name the cause
         kp = media.load_keypoints(item.pose_path, num_frames=len(jpegs))
         media.check_pixel_keypoints(item.pose_path, kp, *size)
         return {
                 "video_id": item.video_id, "frames_jpeg": jpegs, "keypoints": kp, "fps": np.float32(fps),
                 "height": np.int32(size[0]), "width": np.int32(size[1]), "num_frames": np.int32(len(jpegs)),
         }
+
+
+def drop_empty_splits(splits: dict[str, list]) -> dict[str, list]:
+    """Splits with no listed inputs (e.g. an empty split file) are left out, with a warning."""
+    for name in [k for k, v in splits.items() if not v]:
+        _log.warning("split %s lists no inputs; it is not built", name)
+    kept = {k: v for k, v in splits.items() if v}
+    if not kept:
+        raise FileNotFoundError("no inputs found for any split")
+    return kept
 
 
 def read_split_list(path: str) -> list[str]:

@@ -101,7 +101,7 @@ def iter_video_frames(path: str, conversions: Conversions) -> Iterator[np.ndarra
         raise BadInputError(path, f"cannot open video ({type(e).__name__}: {e})") from e
     with container:
         if not container.streams.video:
-            raise BadInputError(path, "no video stream")
+            raise BadInputError(path, "no video stream (corrupt or truncated file?)")
         stream = container.streams.video[0]
         declared = int(stream.frames or 0)
         count = 0

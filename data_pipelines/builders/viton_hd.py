@@ -97,6 +97,8 @@ class VitonHd(common.VideoBuilderBase, skip_registration=True):
             if not os.path.exists(listing):
                 continue
             pairs = _read_pairs(listing)
+            if not pairs:
+                continue
             if part == "train":
                 splits["train"] = self._generate_examples("train", root, part, pairs)
             else:
@@ -107,13 +109,16 @@ class VitonHd(common.VideoBuilderBase, skip_registration=True):
         return splits
 
     def _generate_examples(self, split: str, root: str, part: str, pairs) -> Iterator[tuple[str, dict[str, Any]]]:
+        loaded = 0
         for person, cloth in pairs:
             try:
                 record = self._load_pair(os.path.join(root, part), person, cloth, self._policy.counter(split))
             except media.BadInputError as e:
                 self._policy.handle(split, e)
                 continue
+            loaded += 1
             yield f"{person}|{cloth}", record
+        self._policy.finish_split(split, loaded)
         self.info.metadata.update(self._policy.as_metadata())
 
     def _load_pair(self, folder: str, person: str, cloth: str, conv: media.Conversions) -> dict[str, Any]:

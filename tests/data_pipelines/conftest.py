@@ -35,9 +35,9 @@ def keypoints_for(v: int, t: int = T, h: int = H, w: int = W) -> np.ndarray:
     return np.concatenate([xy, rng.uniform(0.5, 1.0, (t, 133, 1))], -1).astype(np.float32)
 
 
-def write_mp4(path: str, frames: np.ndarray, fps: int = 8) -> None:
+def write_mp4(path: str, frames: np.ndarray, fps: int = 8, faststart: bool = False) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with av.open(path, "w") as c:
+    with av.open(path, "w", options={"movflags": "faststart"} if faststart else None) as c:
         s = c.add_stream("libx264", rate=fps)
         s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         for f in frames:
