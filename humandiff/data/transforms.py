@@ -108,8 +108,9 @@ def apply_geometry(image: Image.Image, g: Geometry, *, resample=Image.BILINEAR) 
     src_w, src_h = image.size
     box = (g.x0, g.y0, g.x0 + g.box_w, g.y0 + g.box_h)
     shrink = g.box_w / g.out_w
-    if shrink >= 2.0 and image.format == "JPEG" and resample != Image.NEAREST:
-        image.draft("RGB", (math.ceil(src_w / shrink), math.ceil(src_h / shrink)))
+    if shrink >= 4.0 and image.format == "JPEG" and resample != Image.NEAREST:
+        # Decode at a reduced DCT scale that still leaves >= 2x oversampling for the antialiased resize.
+        image.draft("RGB", (math.ceil(2 * src_w / shrink), math.ceil(2 * src_h / shrink)))
         fx, fy = image.size[0] / src_w, image.size[1] / src_h
         box = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
     if image.mode not in ("RGB", "L"):
@@ -132,8 +133,8 @@ def clip_preprocess(image: Image.Image, size: int = 224) -> np.ndarray:
         float32 [size, size, 3].
     """
     w, h = image.size
-    scale = size / min(w, h)
-    rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
+    # Long side = int(size * long / short), as OpenAI CLIP / transformers compute it.
+    rw, rh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
     resized = image.resize((rw, rh), resample=Image.BICUBIC)
     left, top = (rw - size) // 2, (rh - size) // 2
     crop = resized.crop((left, top, left + size, top + size))
