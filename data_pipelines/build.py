@@ -20,6 +20,7 @@ import sys
 from data_pipelines.builders import common
 
 DATASETS = ("tiktok", "ubc_fashion", "video_folder", "viton_hd", "synthetic")
+SYNTHETIC_FLAGS = ("num_videos", "num_test_videos", "num_frames", "height", "width", "seed")
 
 
 def builder_class(name: str):
@@ -77,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--on_error", default="raise", choices=common.ON_ERROR_CHOICES)
     parser.add_argument("--min_frames", type=int, default=2, help="shorter videos are bad input")
     parser.add_argument("--jpeg_quality", type=int, default=95)
-    for flag in ("num_videos", "num_test_videos", "num_frames", "height", "width", "seed"):
+    for flag in SYNTHETIC_FLAGS:
         parser.add_argument(f"--{flag}", type=int, default=None, help="synthetic only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    options = {k: getattr(args, k) for k in ("num_videos", "num_test_videos", "num_frames", "height", "width", "seed")}
+    options = {k: getattr(args, k) for k in SYNTHETIC_FLAGS}
     out = build(args.dataset, args.data_dir, args.manual_dir, on_error=args.on_error, min_frames=args.min_frames,
                 jpeg_quality=args.jpeg_quality, **options)
     meta_path = os.path.join(out, "metadata.json")

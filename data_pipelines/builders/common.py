@@ -160,7 +160,8 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 size = frame.shape[:2]
             elif frame.shape[:2] != size:
                 where = item.frame_files[i] if item.frame_files else f"{item.path} frame {i}"
-                raise media.BadInputError(where, f"frame size {frame.shape[:2]} differs from the first frame's {size}")
+                raise media.BadInputError(
+                    where, f"frame size {frame.shape[:2]} differs from the first frame's {size}")
             jpegs.append(media.encode_jpeg(frame, self._jpeg_quality))
         if not jpegs:
             raise media.BadInputError(item.path, "video has no frames")

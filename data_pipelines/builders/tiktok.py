@@ -1,20 +1,26 @@
 """TFDS builder: the public TikTok dataset (Jafarian & Park, CVPR 2021), 340 dance videos.
 
 Layout (`--manual_dir DIR`), as `TikTok_dataset.zip` unpacks:
-    DIR/<video_id>/images/<frame>.png     frames, sorted by name (0001.png, 0002.png, ...)
+    DIR/<video_id>/images/<frame>.png     frames, in natural name order (1.png < 2.png < 10.png)
     DIR/<video_id>/masks/...              (ignored)
     DIR/<video_id>.npy                    poses beside each video folder, float32 [T, 133, 3]
     DIR/train.txt, DIR/test.txt           optional split lists of video ids; without them every video is
-                                                                                `train` (DisCo's protocol holds out 00335-00340 as `test`).
+                                          `train` (DisCo's protocol holds out 00335-00340 as `test`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 from data_pipelines.builders import common
 
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders embedded numbers numerically: frame2.png before frame10.png."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
 class Tiktok(common.VideoBuilderBase, skip_registration=True):
@@ -44,8 +50,8 @@ class Tiktok(common.VideoBuilderBase, skip_registration=True):
         folder = os.path.join(manual_dir, video_id)
         images = os.path.join(folder, "images")
         if os.path.isdir(images):
-            frames = tuple(os.path.join(images, f) for f in sorted(os.listdir(images))
-                                          if f.lower().endswith(FRAME_EXTENSIONS))
+            names = [f for f in os.listdir(images) if f.lower().endswith(FRAME_EXTENSIONS)]
+            frames = tuple(os.path.join(images, f) for f in sorted(names, key=natural_key))
         else:
             frames = ()
         return common.VideoItem(video_id, folder, common.pose_path_for(folder), frames, frame_folder=True)

@@ -116,7 +116,8 @@ class TryOnExampleOp:
         person = transforms.open_frame(record["person_jpeg"])
         mask = transforms.open_frame(record["agnostic_mask_png"])
         if mask.size != person.size:
-            raise ValueError(f"try-on pair {record.get('id', '?')}: agnostic mask {mask.size} != person {person.size}")
+            raise ValueError(
+                f"try-on pair {record.get('id', '?')}: agnostic mask {mask.size} != person {person.size}")
         w, h = person.size
         g = transforms.sample_geometry(rng, h, w, o.height, o.width, o.crop_scale, o.flip_prob)
         tgt = transforms.apply_geometry(person, g)
