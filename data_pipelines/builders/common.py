@@ -40,13 +40,13 @@ ON_ERROR_CHOICES = ("raise", "skip")
 def video_features() -> tfds.features.FeaturesDict:
     """The TF-free feature schema of a video record."""
     return tfds.features.FeaturesDict({
-            "video_id": tfds.features.Text(),
-            "frames_jpeg": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
-            "keypoints": tfds.features.Tensor(shape=(None, media.NUM_KEYPOINTS, 3), dtype=np.float32),
-            "fps": tfds.features.Scalar(dtype=np.float32),
-            "height": tfds.features.Scalar(dtype=np.int32),
-            "width": tfds.features.Scalar(dtype=np.int32),
-            "num_frames": tfds.features.Scalar(dtype=np.int32),
+        "video_id": tfds.features.Text(),
+        "frames_jpeg": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+        "keypoints": tfds.features.Tensor(shape=(None, media.NUM_KEYPOINTS, 3), dtype=np.float32),
+        "fps": tfds.features.Scalar(dtype=np.float32),
+        "height": tfds.features.Scalar(dtype=np.int32),
+        "width": tfds.features.Scalar(dtype=np.int32),
+        "num_frames": tfds.features.Scalar(dtype=np.int32),
     })
 
 
@@ -79,10 +79,10 @@ class ErrorPolicy:
     def as_metadata(self) -> dict[str, Any]:
         """JSON-serialisable summary written to metadata.json."""
         return {
-                "on_error": self.on_error,
-                "skipped": {k: list(v) for k, v in self.skipped.items()},
-                "num_skipped": {k: len(v) for k, v in self.skipped.items()},
-                "conversions": {k: dict(v) for k, v in self.conversions.items()},
+            "on_error": self.on_error,
+            "skipped": {k: list(v) for k, v in self.skipped.items()},
+            "num_skipped": {k: len(v) for k, v in self.skipped.items()},
+            "conversions": {k: dict(v) for k, v in self.conversions.items()},
         }
 
 
@@ -119,8 +119,8 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
-                builder=self, description=self.__doc__, features=video_features(),
-                metadata=tfds.core.MetadataDict(), homepage=None)
+            builder=self, description=self.__doc__, features=video_features(),
+            metadata=tfds.core.MetadataDict(), homepage=None)
 
     @abc.abstractmethod
     def _list_videos(self, manual_dir: str) -> dict[str, list[VideoItem]]:
@@ -167,13 +167,13 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise media.BadInputError(item.path, "video has no frames")
         if len(jpegs) < self._min_frames:
             raise media.BadInputError(
-                    item.path, f"video too short: {len(jpegs)} frames < min_frames={self._min_frames}")
+                item.path, f"video too short: {len(jpegs)} frames < min_frames={self._min_frames}")
         fps = 0.0 if item.frame_folder else media.video_fps(item.path)  # after decoding: errors name the cause
         kp = media.load_keypoints(item.pose_path, num_frames=len(jpegs))
         media.check_pixel_keypoints(item.pose_path, kp, *size)
         return {
-                "video_id": item.video_id, "frames_jpeg": jpegs, "keypoints": kp, "fps": np.float32(fps),
-                "height": np.int32(size[0]), "width": np.int32(size[1]), "num_frames": np.int32(len(jpegs)),
+            "video_id": item.video_id, "frames_jpeg": jpegs, "keypoints": kp, "fps": np.float32(fps),
+            "height": np.int32(size[0]), "width": np.int32(size[1]), "num_frames": np.int32(len(jpegs)),
         }
 
 
