@@ -76,6 +76,9 @@ def test_two_processes_get_disjoint_shards_covering_the_data():
         seen.append([int(v) for b in ds for v in _video(b["ref_image"])])
     assert len(seen[0]) == len(seen[1]) == N_VIDEOS // 2
     assert not set(seen[0]) & set(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(N_VIDEOS))
+    # Without an explicit index, grain's ShardByJaxProcess decides (one process here).
+    default = loader.shard_options(None, None)
+    assert (default.shard_index, default.shard_count) == (jax.process_index(), jax.process_count())
     # make_train_iterator gives each process batch_size / process_count examples.
     assert next(_iterator(c, index=1, count=2))["ref_image"].shape[0] == 1
 
