@@ -41,7 +41,7 @@ def builder_class(name: str):
 
 
 def build(dataset: str, data_dir: str, manual_dir: str | None = None, *, on_error: str = "raise",
-          min_frames: int = 2, jpeg_quality: int = 95, **synthetic_options) -> str:
+          min_frames: int = 2, jpeg_quality: int = 95, num_workers: int = 1, **synthetic_options) -> str:
     """Builds `dataset` into `data_dir` and returns the dataset directory (OUT/<name>/<version>).
 
     Args:
@@ -51,6 +51,7 @@ def build(dataset: str, data_dir: str, manual_dir: str | None = None, *, on_erro
         on_error: "raise" (default) or "skip" bad inputs (recorded in metadata.json).
         min_frames: videos with fewer frames are bad input.
         jpeg_quality: JPEG quality of re-encoded frames.
+        num_workers: videos read and encoded in parallel threads.
         **synthetic_options: num_videos, num_test_videos, num_frames, height, width, seed (synthetic only).
 
     Returns:
@@ -59,7 +60,8 @@ def build(dataset: str, data_dir: str, manual_dir: str | None = None, *, on_erro
     import tensorflow_datasets as tfds  # heavy; imported only when building
 
     cls = builder_class(dataset)
-    kwargs = dict(data_dir=data_dir, on_error=on_error, min_frames=min_frames, jpeg_quality=jpeg_quality)
+    kwargs = dict(data_dir=data_dir, on_error=on_error, min_frames=min_frames, jpeg_quality=jpeg_quality,
+                  num_workers=num_workers)
     if dataset == "synthetic":
         kwargs.update({k: v for k, v in synthetic_options.items() if v is not None})
     elif manual_dir is None:
@@ -78,13 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--on_error", default="raise", choices=common.ON_ERROR_CHOICES)
     parser.add_argument("--min_frames", type=int, default=2, help="shorter videos are bad input")
     parser.add_argument("--jpeg_quality", type=int, default=95)
+    parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="videos decoded/encoded in parallel threads")
     for flag in SYNTHETIC_FLAGS:
         parser.add_argument(f"--{flag}", type=int, default=None, help="synthetic only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = {k: getattr(args, k) for k in SYNTHETIC_FLAGS}
     out = build(args.dataset, args.data_dir, args.manual_dir, on_error=args.on_error, min_frames=args.min_frames,
-                jpeg_quality=args.jpeg_quality, **options)
+                jpeg_quality=args.jpeg_quality, num_workers=args.num_workers, **options)
     meta_path = os.path.join(out, "metadata.json")
     if os.path.exists(meta_path):
         with open(meta_path, encoding="utf-8") as f:

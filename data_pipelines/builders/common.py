@@ -19,6 +19,8 @@ Skipped inputs and colour conversions are recorded in the dataset's `metadata.js
 from __future__ import annotations
 
 import abc
+import collections
+import concurrent.futures
 import dataclasses
 import inspect
 import logging
@@ -103,11 +105,14 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release: JPEG frames, COCO-WholeBody keypoints [T,133,3]."}
 
-    def __init__(self, *, on_error: str = "raise", min_frames: int = 2, jpeg_quality: int = 95, **kwargs):
-        """Args: on_error: "raise" or "skip"; min_frames: shorter videos are bad input; jpeg_quality: 1-95."""
+    def __init__(self, *, on_error: str = "raise", min_frames: int = 2, jpeg_quality: int = 95,
+                 num_workers: int = 1, **kwargs):
+        """Args: on_error: "raise" or "skip"; min_frames: shorter videos are bad input; jpeg_quality: 1-95;
+        num_workers: videos decoded/encoded in parallel threads (PyAV and Pillow release the GIL)."""
         self._policy = ErrorPolicy(on_error)
         self._min_frames = int(min_frames)
         self._jpeg_quality = int(jpeg_quality)
+        self._num_workers = max(1, int(num_workers))
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
 
@@ -135,14 +140,14 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, split: str, items: list[VideoItem]) -> Iterator[tuple[str, dict[str, Any]]]:
         loaded = 0
-        for item in items:
-            try:
-                record = self._load_video(item, self._policy.counter(split))
-            except media.BadInputError as e:
-                self._policy.handle(split, e)
+        conversions = self._policy.counter(split)
+        for item, result in ordered_parallel_map(lambda it: self._load_video(it, conversions), items,
+                                                 self._num_workers):
+            if isinstance(result, media.BadInputError):
+                self._policy.handle(split, result)
                 continue
             loaded += 1
-            yield item.video_id, record
+            yield item.video_id, result
         self._policy.finish_split(split, loaded)
         self.info.metadata.update(self._policy.as_metadata())
 
@@ -175,6 +180,33 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "video_id": item.video_id, "frames_jpeg": jpegs, "keypoints": kp, "fps": np.float32(fps),
             "height": np.int32(size[0]), "width": np.int32(size[1]), "num_frames": np.int32(len(jpegs)),
         }
+
+
+def ordered_parallel_map(fn, items, num_workers: int):
+    """Yields (item, fn(item) or the BadInputError it raised), in input order, with at most 2 x num_workers
+    results in flight (so memory stays bounded). Other exceptions propagate."""
+    if num_workers <= 1:
+        for item in items:
+            try:
+                yield item, fn(item)
+            except media.BadInputError as e:
+                yield item, e
+        return
+    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) >= 2 * num_workers:
+                yield _result(*pending.popleft())
+        while pending:
+            yield _result(*pending.popleft())
+
+
+def _result(item, future):
+    try:
+        return item, future.result()
+    except media.BadInputError as e:
+        return item, e
 
 
 def drop_empty_splits(splits: dict[str, list]) -> dict[str, list]:

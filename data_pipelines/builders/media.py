@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import io
 import os
+import threading
 from collections.abc import Iterator
 
 import av
@@ -33,7 +34,15 @@ class BadInputError(ValueError):
 
 
 class Conversions(collections.Counter):
-    """Counts explicit colour conversions, e.g. {"RGBA->RGB": 3, "L->RGB": 10}."""
+    """Counts explicit colour conversions, e.g. {"RGBA->RGB": 3, "L->RGB": 10}; safe across threads."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+
+    def add(self, key: str) -> None:
+        with self._lock:
+            self[key] += 1
 
 
 def to_rgb(image: Image.Image, conversions: Conversions) -> Image.Image:
@@ -49,7 +58,7 @@ def to_rgb(image: Image.Image, conversions: Conversions) -> Image.Image:
     if image.mode == "RGB":
         return image
     mode = image.mode
-    conversions[f"{mode}->RGB"] += 1
+    conversions.add(f"{mode}->RGB")
     if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: rescale to 8 bits before RGB.
         arr = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
@@ -109,7 +118,7 @@ def iter_video_frames(path: str, conversions: Conversions) -> Iterator[np.ndarra
             for frame in container.decode(stream):
                 fmt = frame.format.name
                 if fmt.startswith("gray") or fmt.startswith("ya") or "a" in fmt.replace("yuv", "").replace("nv", ""):
-                    conversions[f"{fmt}->RGB"] += 1
+                    conversions.add(f"{fmt}->RGB")
                 count += 1
                 yield frame.to_ndarray(format="rgb24")
         except _DECODE_ERRORS as e:

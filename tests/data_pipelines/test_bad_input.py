@@ -99,7 +99,7 @@ def test_bad_video_raise_then_skip(tmp_path, fakes, case):
     with pytest.raises(media.BadInputError, match=reason) as err:
         build.build("ubc_fashion", str(tmp_path / "out_raise"), raw)
     assert err.value.path == bad + ext and os.path.basename(bad) in str(err.value)
-    out = build.build("ubc_fashion", str(tmp_path / "out_skip"), raw, on_error="skip")
+    out = build.build("ubc_fashion", str(tmp_path / "out_skip"), raw, on_error="skip", num_workers=2)
     src = sources.open_tfds(out, "train")
     assert [src[i]["video_id"] for i in range(len(src))] == ["91-0000"]
     meta = sources.dataset_metadata(out)

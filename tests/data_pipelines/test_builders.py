@@ -67,7 +67,7 @@ def test_ubc_fashion_without_split_lists(tmp_path, fakes):
 
 def test_tiktok_frame_folders_and_colour_conversions(tmp_path, fakes):
     raw = fakes.make_tiktok(str(tmp_path / "raw"), n=3, modes=("RGB", "RGBA", "L"))
-    out = build.build("tiktok", str(tmp_path / "out"), raw)
+    out = build.build("tiktok", str(tmp_path / "out"), raw, num_workers=3)  # threads share the counters
     recs = {r["video_id"]: r for r in _stored(out)}
     assert sorted(recs) == ["00001", "00002", "00003"]
     assert recs["00001"]["fps"] == 0.0
