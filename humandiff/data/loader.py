@@ -145,8 +145,18 @@ def build_dataset(source: sources.RandomAccessSource, config: ml_collections.Con
     read = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch)
     it_ds = ds.to_iter_dataset(read).batch(config.batch_size // shard.shard_count, drop_remainder=True)
     if config.num_workers > 0:
+        _absl_flags_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
     return it_ds
+
+
+def _absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; outside an absl app (scripts, notebooks) their defaults
+    have to be marked parsed first, or the first worker fails with UnparsedFlagAccessError."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, batch_axes) -> jax.sharding.NamedSharding:
