@@ -10,7 +10,8 @@ torch state dict (`humandiff.weights.clip`):
     vision_model/post_layernorm          (applied to the CLS token only)
     visual_projection                    (no bias)
 
-Inputs are NHWC float32, already CLIP-normalised (`preprocess`). The encoder is inference-only: dropout
+Inputs are NHWC float32, already CLIP-normalised (`preprocess`, defined in `clip_preprocess` and re-exported
+here). The encoder is inference-only: dropout
 values in the config are ignored (the released CLIP models have none).
 """
 
@@ -26,10 +27,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from humandiff.models.clip_preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess, resized_shape
 from humandiff.ops.attention import attention
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+__all__ = [
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "CLIPVisionConfig",
+    "CLIPVisionModelWithProjection",
+    "CLIPVisionOutput",
+    "image_context",
+    "preprocess",
+    "resized_shape",
+]
+
 
 ACTIVATIONS = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
@@ -368,76 +379,3 @@ def image_context(image_embeds: jax.Array, drop: jax.Array | None = None) -> jax
         image_embeds = jnp.where(jnp.asarray(drop, bool)[:, None], 0.0, image_embeds).astype(image_embeds.dtype)
     return image_embeds[:, None, :]
 
-
-def _resize_axis(x: jax.Array, axis: int, size: int, quantize: bool) -> jax.Array:
-    """Antialiased bicubic (Keys a=-0.5, PIL's kernel) resize of one spatial axis of values in [0, 255]."""
-    if x.shape[axis] == size:
-        return x
-    shape = list(x.shape)
-    shape[axis] = size
-    x = jax.image.resize(x, shape, method="bicubic", antialias=True, precision=jax.lax.Precision.HIGHEST)
-    if quantize:  # PIL keeps 8-bit images in 8 bits between its two passes (round half up, then clip)
-        x = jnp.floor(x + 0.5)
-    return jnp.clip(x, 0.0, 255.0)
-
-
-def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """Shape after CLIP's shortest-side resize: the short side becomes `size`, the long one is truncated."""
-    if height <= width:
-        return size, int(size * width / height)
-    return int(size * height / width), size
-
-
-def preprocess(
-    images: jax.Array | np.ndarray,
-    *,
-    size: int = 224,
-    crop_size: int | None = None,
-    mean: tuple[float, ...] = OPENAI_CLIP_MEAN,
-    std: tuple[float, ...] = OPENAI_CLIP_STD,
-    float_range: tuple[float, float] = (-1.0, 1.0),
-) -> jax.Array:
-    """CLIP's image preprocessing in JAX: shortest-side bicubic resize, center crop, mean/std normalisation.
-
-    Matches transformers' `CLIPImageProcessor` (PIL backend) step by step: the short side is resized to `size`
-    and the long side to `int(size * long / short)`, width pass then height pass, with PIL's antialiased
-    bicubic kernel; the crop starts at `(resized - crop) // 2`; values are divided by 255 and normalised.
-    Differences from `CLIPImageProcessor`:
-      * uint8 input: each pass is rounded to 8 bits like PIL, but with float32 weights where PIL uses 22-bit
-        fixed point, so a pixel that lands within ~1e-6 of a rounding tie may differ by one level
-        (`tests/models/test_clip_vision.py` measures it).
-      * float input is resized without 8-bit rounding (transformers converts floats to uint8 first, truncating).
-      * all images of the batch share one size (a batch array); a crop larger than the resized image raises
-        instead of zero-padding; channels must be 3 (no grayscale/RGBA conversion).
-    Jittable; shapes are static.
-
-    Args:
-      images: `[B, H, W, 3]`, uint8 in [0, 255] or float in `float_range`.
-      size: target length of the shortest side (transformers `size["shortest_edge"]`).
-      crop_size: center-crop side; defaults to `size`.
-      mean: per-channel mean in [0, 1] units.
-      std: per-channel standard deviation in [0, 1] units.
-      float_range: `(low, high)` that maps to [0, 255] for float input; the project's images are in [-1, 1].
-
-    Returns:
-      float32 `[B, crop_size, crop_size, 3]`, CLIP-normalised, NHWC.
-    """
-    crop = size if crop_size is None else crop_size
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"preprocess expects images [B, H, W, 3], got shape {tuple(images.shape)}")
-    if crop > size:
-        raise ValueError(f"crop_size {crop} is larger than the resized short side {size}")
-    quantize = images.dtype == jnp.uint8
-    if quantize:
-        x = jnp.asarray(images, jnp.float32)
-    elif jnp.issubdtype(images.dtype, jnp.floating):
-        low, high = float_range
-        x = (jnp.asarray(images, jnp.float32) - low) * (255.0 / (high - low))
-    else:
-        raise ValueError(f"preprocess expects uint8 or float images, got dtype {images.dtype}")
-    new_h, new_w = resized_shape(images.shape[1], images.shape[2], size)
-    x = _resize_axis(x, 2, new_w, quantize)
-    x = _resize_axis(x, 1, new_h, quantize)
-    top, left = (new_h - crop) // 2, (new_w - crop) // 2
-    x = x[:, top : top + crop, left : left + crop, :]
-    return (x / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
