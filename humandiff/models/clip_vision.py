@@ -11,8 +11,8 @@ torch state dict (`humandiff.weights.clip`):
     visual_projection                    (no bias)
 
 Inputs are NHWC float32, already CLIP-normalised (`preprocess`, defined in `clip_preprocess` and re-exported
-here). The encoder is inference-only: dropout
-values in the config are ignored (the released CLIP models have none).
+here). The encoder is inference-only: dropout values in the config are ignored (the released CLIP models have
+none).
 """
 
 from __future__ import annotations

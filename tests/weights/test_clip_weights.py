@@ -108,12 +108,16 @@ def test_full_clip_model_folder_loads_vision_tower(tmp_path):
     assert err <= 1e-4 * float(np.abs(want).max())
 
 
-def test_legacy_position_ids_buffer_is_skipped(tiny):
+def test_fp16_file_and_legacy_position_ids_buffer(tiny):
+    # Released encoders are often fp16 (IP-Adapter) and files from transformers < 4.31 hold `position_ids`.
     folder, model, _ = tiny
-    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    state = {k: v.numpy().astype(np.float16) for k, v in model.state_dict().items()}
     state["vision_model.embeddings.position_ids"] = np.arange(17, dtype=np.int64)[None]
     params = wclip.state_dict_to_params(state, wclip.load_config(str(folder)))
     assert "position_ids" not in str(jax.tree_util.tree_structure(params))
+    assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {np.dtype(np.float32)}
+    exported = wclip.image_encoder_to_torch(params)
+    assert all(np.array_equal(exported[k], v.astype(np.float32)) for k, v in state.items() if k in exported)
 
 
 def _copy_folder(src, dst, config=None, state=None):
