@@ -59,6 +59,7 @@ _INT_FIELDS = (
     "patch_size",
 )
 _VISION_MODEL_TYPES = ("clip_vision_model", "clip")
+_CLIP_MODEL_PROJECTION_DIM = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +145,9 @@ class CLIPVisionConfig:
                 raise ValueError(f"{source}: key 'vision_config' must be an object, got {type(vision).__name__}")
             if model_type not in (None, "clip"):
                 raise ValueError(f"{source}: key 'model_type' = {model_type!r}; a nested vision_config needs 'clip'")
-            values = dict(vision)
-            if "projection_dim" in config:  # CLIPModel's visual_projection uses the top-level value
-                values["projection_dim"] = config["projection_dim"]
+            # CLIPModel's visual_projection uses the top-level projection_dim (CLIPConfig default 512), never
+            # the nested one.
+            values = dict(vision, projection_dim=config.get("projection_dim", _CLIP_MODEL_PROJECTION_DIM))
             model_type = values.get("model_type")
         else:
             values = dict(config)

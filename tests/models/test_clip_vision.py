@@ -98,6 +98,8 @@ def test_config_nested_clip_model_uses_top_level_projection_dim():
     config = CLIPVisionConfig.from_dict(full)
     assert (config.hidden_size, config.num_attention_heads, config.patch_size) == (48, 3, 14)
     assert config.projection_dim == 40  # CLIPModel's visual_projection is Linear(hidden, top-level projection_dim)
+    del full["projection_dim"]
+    assert CLIPVisionConfig.from_dict(full).projection_dim == 512  # CLIPConfig's default, not the nested 7
 
 
 @pytest.mark.parametrize(
