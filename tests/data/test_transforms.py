@@ -91,3 +91,13 @@ def test_clip_preprocess_matches_transformers():
     ref = transformers.CLIPImageProcessor()(images=img, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
     # Same PIL bicubic resize and crop; the tolerance covers uint8 rounding inside the processor.
     np.testing.assert_allclose(ours, ref, atol=0.03)
+
+
+def test_clip_preprocess_matches_the_clip_modules_pillow_exact_version():
+    """humandiff.models.clip_preprocess is tested bit-exact against transformers' CLIPImageProcessor."""
+    clip_preprocess = pytest.importorskip("humandiff.models.clip_preprocess")
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 255, (37, 52, 3), dtype=np.uint8)
+    ours = transforms.clip_preprocess(Image.fromarray(arr), 224)
+    theirs = clip_preprocess.preprocess(arr, size=224)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)  # both are Pillow's uint8 bicubic + the same formula
