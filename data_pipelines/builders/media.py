@@ -95,6 +95,14 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def is_grey_or_alpha_format(pix_fmt: str) -> bool:
+    """True for FFmpeg pixel formats that are grey, palette or carry alpha (gray*, ya*, pal8, rgba,
+    yuva420p, gbrap, ...): their conversion to RGB is counted. Plain YUV/RGB formats are not."""
+    if pix_fmt.startswith(("gray", "ya", "pal")):
+        return True
+    return "a" in pix_fmt.replace("yuv", "").replace("nv", "")
+
+
 def iter_video_frames(path: str, conversions: Conversions) -> Iterator[np.ndarray]:
     """Yields the frames of a video file as uint8 RGB [H, W, 3], one at a time (memory stays small).
 
@@ -117,7 +125,7 @@ def iter_video_frames(path: str, conversions: Conversions) -> Iterator[np.ndarra
         try:
             for frame in container.decode(stream):
                 fmt = frame.format.name
-                if fmt.startswith("gray") or fmt.startswith("ya") or "a" in fmt.replace("yuv", "").replace("nv", ""):
+                if is_grey_or_alpha_format(fmt):
                     conversions.add(f"{fmt}->RGB")
                 count += 1
                 yield frame.to_ndarray(format="rgb24")
