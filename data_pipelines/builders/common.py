@@ -4,12 +4,19 @@ Records are written as ArrayRecord and read back with `tfds.builder_from_directo
 without TensorFlow: frames are JPEG bytes in `Tensor(shape=(), dtype=np.object_)` (no `Image`/`Video`
 features, which need TensorFlow to encode or to load).
 
-Video record (one per video):
-    video_id    Text        unique within the split
-    frames_jpeg Sequence(bytes) one JPEG per frame, RGB
-    keypoints   float32 [T, 133, 3]  COCO-WholeBody (x, y in pixels of the stored frame, score)
-    fps         float32     0.0 when unknown (frame folders)
-    height, width, num_frames  int32
+Videos are stored ONE RECORD PER FRAME, so a training sample reads only the frames it uses (a per-video
+record of a 350-frame 720x940 video is ~40 MB; reading and parsing it for two frames cost ~60 ms of CPU).
+Frame record:
+    video_id     Text        unique within the split
+    frame_index  int32       0-based position in the video
+    num_frames   int32       frames in the video
+    jpeg         bytes       the frame, JPEG, RGB
+    keypoints    float32 [133, 3]  COCO-WholeBody (x, y in pixels of the stored frame, score)
+    fps          float32     0.0 when unknown (frame folders)
+    height, width  int32
+After the build, `video_index.json` + `video_index-<split>.npy` (written by
+`humandiff.data.sources.write_video_index`) map each video to its frame records; the loader's source
+regroups them into the per-video record of COMMON.md (`frames_jpeg`, `keypoints` read lazily).
 
 Skipped inputs and colour conversions are recorded in the dataset's `metadata.json`:
     {"on_error": "skip", "skipped": {split: [{"file": ..., "reason": ...}]}, "num_skipped": {split: n},
@@ -39,17 +46,29 @@ _log = logging.getLogger(__name__)
 ON_ERROR_CHOICES = ("raise", "skip")
 
 
-def video_features() -> tfds.features.FeaturesDict:
-    """The TF-free feature schema of a video record."""
+def frame_features() -> tfds.features.FeaturesDict:
+    """The TF-free feature schema of a frame record."""
     return tfds.features.FeaturesDict({
         "video_id": tfds.features.Text(),
-        "frames_jpeg": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
-        "keypoints": tfds.features.Tensor(shape=(None, media.NUM_KEYPOINTS, 3), dtype=np.float32),
+        "frame_index": tfds.features.Scalar(dtype=np.int32),
+        "num_frames": tfds.features.Scalar(dtype=np.int32),
+        "jpeg": tfds.features.Tensor(shape=(), dtype=np.object_),
+        "keypoints": tfds.features.Tensor(shape=(media.NUM_KEYPOINTS, 3), dtype=np.float32),
         "fps": tfds.features.Scalar(dtype=np.float32),
         "height": tfds.features.Scalar(dtype=np.int32),
         "width": tfds.features.Scalar(dtype=np.int32),
-        "num_frames": tfds.features.Scalar(dtype=np.int32),
     })
+
+
+def frame_records(video: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, frame record) for each frame of a checked video dict (video_id, frames_jpeg, keypoints, ...)."""
+    n = len(video["frames_jpeg"])
+    for i, (jpeg, kp) in enumerate(zip(video["frames_jpeg"], video["keypoints"])):
+        yield f"{video['video_id']}#{i:07d}", {
+            "video_id": video["video_id"], "frame_index": np.int32(i), "num_frames": np.int32(n), "jpeg": jpeg,
+            "keypoints": kp, "fps": np.float32(video["fps"]), "height": np.int32(video["height"]),
+            "width": np.int32(video["width"]),
+        }
 
 
 class ErrorPolicy:
@@ -124,8 +143,15 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
-            builder=self, description=self.__doc__, features=video_features(),
+            builder=self, description=self.__doc__, features=frame_features(),
             metadata=tfds.core.MetadataDict(), homepage=None)
+
+    def download_and_prepare(self, *args, **kwargs):
+        """TFDS's build, then the video index that maps each video to its frame records."""
+        super().download_and_prepare(*args, **kwargs)
+        from humandiff.data import sources  # the reader owns the index format
+
+        sources.write_video_index(os.fspath(self.data_path))
 
     @abc.abstractmethod
     def _list_videos(self, manual_dir: str) -> dict[str, list[VideoItem]]:
@@ -147,7 +173,7 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 self._policy.handle(split, result)
                 continue
             loaded += 1
-            yield item.video_id, result
+            yield from frame_records(result)
         self._policy.finish_split(split, loaded)
         self.info.metadata.update(self._policy.as_metadata())
 
@@ -176,10 +202,8 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         fps = 0.0 if item.frame_folder else media.video_fps(item.path)  # after decoding: errors name the cause
         kp = media.load_keypoints(item.pose_path, num_frames=len(jpegs))
         media.check_pixel_keypoints(item.pose_path, kp, *size)
-        return {
-            "video_id": item.video_id, "frames_jpeg": jpegs, "keypoints": kp, "fps": np.float32(fps),
-            "height": np.int32(size[0]), "width": np.int32(size[1]), "num_frames": np.int32(len(jpegs)),
-        }
+        return {"video_id": item.video_id, "frames_jpeg": jpegs, "keypoints": kp, "fps": fps,
+                "height": size[0], "width": size[1]}
 
 
 def ordered_parallel_map(fn, items, num_workers: int):

@@ -1,7 +1,7 @@
 """TFDS builder: the procedural synthetic dance set (`humandiff.data.synthetic`), no raw files needed.
 
 Splits `train` (videos with seeds 0..num_videos-1) and `test` (the next num_test_videos seeds).
-Same record as the real video datasets (JPEG frames, COCO-WholeBody keypoints [T, 133, 3]).
+Same frame records as the real video datasets (JPEG frames, COCO-WholeBody keypoints [133, 3] each).
 """
 
 from __future__ import annotations
@@ -46,12 +46,10 @@ class Synthetic(common.VideoBuilderBase, skip_registration=True):
         for seed in seeds:
             video = synthetic.make_video(seed, s["num_frames"], s["height"], s["width"])
             frames = np.asarray(video["frames"], np.uint8)
-            yield video["video_id"], {
+            yield from common.frame_records({
                 "video_id": video["video_id"],
                 "frames_jpeg": [media.encode_jpeg(f, self._jpeg_quality) for f in frames],
                 "keypoints": np.asarray(video["keypoints"], np.float32),
-                "fps": np.float32(s["fps"]),
-                "height": np.int32(frames.shape[1]), "width": np.int32(frames.shape[2]),
-                "num_frames": np.int32(frames.shape[0]),
-            }
+                "fps": float(video.get("fps", s["fps"])), "height": frames.shape[1], "width": frames.shape[2],
+            })
         self.info.metadata.update(self._policy.as_metadata())

@@ -42,16 +42,24 @@ def _render(kp: np.ndarray, h: int, w: int, threshold: float) -> np.ndarray:
     return pose_render.render_pose(kp, h, w, score_threshold=threshold).astype(np.float32) / 255.0
 
 
-def _frames_and_keypoints(record: dict[str, Any]) -> tuple[Any, np.ndarray, str]:
-    """(frames: list of JPEG bytes or uint8 [T,H,W,3], keypoints [T,133,3], video_id), checked."""
+def _frames_and_keypoints(record: dict[str, Any]) -> tuple[Any, Any, str]:
+    """(frames, keypoints, video_id): frames are JPEG bytes or uint8 [T,H,W,3], keypoints [T,133,3]; either
+    may be a lazy sequence (built datasets read a frame record only when it is indexed)."""
     vid = record.get("video_id", "?")
     frames = record["frames_jpeg"] if "frames_jpeg" in record else record.get("frames")
     if frames is None:
         raise ValueError(f"video {vid}: record has neither 'frames_jpeg' nor 'frames' (keys {sorted(record)})")
-    kp = np.asarray(record["keypoints"], np.float32)
-    if kp.ndim != 3 or kp.shape[1:] != (133, 3) or kp.shape[0] != len(frames):
-        raise ValueError(f"video {vid}: keypoints shape {kp.shape} do not match {len(frames)} frames x [133, 3]")
+    kp = record["keypoints"]
+    if len(kp) != len(frames):
+        raise ValueError(f"video {vid}: {len(kp)} keypoint frames for {len(frames)} frames")
     return frames, kp, vid
+
+
+def _frame_keypoints(kp: Any, i: int, vid: str) -> np.ndarray:
+    out = np.asarray(kp[i], np.float32)
+    if out.shape != (133, 3):
+        raise ValueError(f"video {vid}: keypoints of frame {i} have shape {out.shape}, expected (133, 3)")
+    return out
 
 
 class VideoExampleOp:
@@ -93,10 +101,12 @@ class VideoExampleOp:
             if img is not ref and img.size != (src_w, src_h):
                 raise ValueError(f"video {vid}: frame {i} is {img.size}, frame {ref_idx} is {(src_w, src_h)}")
             tgt_images.append(transforms.to_signed_float(img if img is ref else transforms.apply_geometry(img, g)))
-            tgt_poses.append(_render(transforms.transform_keypoints(kp[i], g), o.height, o.width, o.score_threshold))
+            kp_i = transforms.transform_keypoints(_frame_keypoints(kp, i, vid), g)
+            tgt_poses.append(_render(kp_i, o.height, o.width, o.score_threshold))
         example = {
             "ref_image": transforms.to_signed_float(ref),
-            "ref_pose": _render(transforms.transform_keypoints(kp[ref_idx], g), o.height, o.width, o.score_threshold),
+            "ref_pose": _render(transforms.transform_keypoints(_frame_keypoints(kp, ref_idx, vid), g),
+                                o.height, o.width, o.score_threshold),
             "tgt_image": np.stack(tgt_images) if o.stage == "video" else tgt_images[0],
             "tgt_pose": np.stack(tgt_poses) if o.stage == "video" else tgt_poses[0],
             "clip_image": transforms.clip_preprocess(ref, o.clip_size),

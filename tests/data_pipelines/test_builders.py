@@ -33,6 +33,12 @@ def _check_video_batch(b, f=None):
     assert 0.0 <= b["tgt_pose"].min() and b["tgt_pose"].max() <= 1.0 and b["tgt_pose"].max() > 0
 
 
+def tfds_source(out, split):
+    import tensorflow_datasets as tfds
+
+    return tfds.builder_from_directory(out).as_data_source(split=split)
+
+
 def _stored(out, split="train"):
     src = sources.open_tfds(out, split)
     return [src[i] for i in range(len(src))]
@@ -45,13 +51,23 @@ def test_ubc_fashion_builds_and_loads(tmp_path, fakes):
     train = _stored(out)
     assert sorted(r["video_id"] for r in train) == ["91-0000", "91-0001", "91-0002"]
     assert len(_stored(out, "test")) == 1
-    r = train[0]
+    r = train[1]
     assert len(r["frames_jpeg"]) == fakes.T and isinstance(r["frames_jpeg"][0], bytes)
-    assert r["keypoints"].shape == (fakes.T, 133, 3) and r["keypoints"].dtype == np.float32
+    kp = np.asarray(r["keypoints"])
+    assert kp.shape == (fakes.T, 133, 3) and kp.dtype == np.float32
     assert (r["height"], r["width"], r["num_frames"]) == (fakes.H, fakes.W, fakes.T)
     assert r["fps"] == pytest.approx(8.0)
-    v = int(r["video_id"][-1])
-    np.testing.assert_allclose(r["keypoints"], fakes.keypoints_for(v))
+    np.testing.assert_allclose(kp, fakes.keypoints_for(1))
+    # Frames come back in order (colour-coded: G = 10 + 20 t) and from the right video (R = 40 + 40 v).
+    from PIL import Image
+    import io
+
+    for t in (0, 3, 5):
+        px = np.asarray(Image.open(io.BytesIO(r["frames_jpeg"][t]))).reshape(-1, 3).mean(0)
+        assert abs(px[0] - 80) < 4 and abs(px[1] - (10 + 20 * t)) < 4, (t, px)
+    # One record per frame on disk, and the video index that regroups them.
+    assert len(tfds_source(out, "train")) == 3 * fakes.T
+    assert os.path.exists(os.path.join(out, "video_index.json"))
     _check_video_batch(next(loader.make_train_iterator(_loader_config(out), seed=0, process_index=0,
                                                        process_count=1)))
     _check_video_batch(next(loader.make_train_iterator(_loader_config(out, "video"), seed=0, process_index=0,
@@ -114,9 +130,45 @@ def test_synthetic_cli(tmp_path, capsys):
     out = str(tmp_path / "synthetic" / "1.0.0")
     assert "built synthetic" in capsys.readouterr().out
     recs = _stored(out)
-    assert len(recs) == 3 and recs[0]["keypoints"].shape == (5, 133, 3)
+    assert len(recs) == 3 and np.asarray(recs[0]["keypoints"]).shape == (5, 133, 3)
     meta = json.loads((tmp_path / "synthetic" / "1.0.0" / "metadata.json").read_text())
     assert meta["num_skipped"] == {}
     # The loader also finds the newest version from the root and the dataset name.
     c = _loader_config(str(tmp_path), name="synthetic", min_margin=1)
     _check_video_batch(next(loader.make_train_iterator(c, seed=0, process_index=0, process_count=1)))
+
+
+def test_a_sample_reads_only_the_frames_it_uses(tmp_path, fakes):
+    import tensorflow_datasets as tfds
+
+    from humandiff.data import examples
+
+    raw = fakes.make_ubc(str(tmp_path / "raw"), n_train=1, n_test=0)
+    out = build.build("ubc_fashion", str(tmp_path / "out"), raw)
+    reads = []
+
+    class Counting:
+        def __init__(self, src):
+            self.src = src
+
+        def __len__(self):
+            return len(self.src)
+
+        def __getitem__(self, i):
+            reads.append(i)
+            return self.src[i]
+
+    videos = sources.FrameVideos(Counting(tfds.builder_from_directory(out).as_data_source("train")), out, "train")
+    op = examples.VideoExampleOp(examples.ExampleOptions(height=16, width=16, min_margin=2))
+    example = op(videos[0], np.random.default_rng(0))
+    assert example["tgt_image"].shape == (16, 16, 3) and len(reads) == 2  # reference + target frame records
+
+
+def test_stale_video_index_is_detected(tmp_path, fakes):
+    raw = fakes.make_ubc(str(tmp_path / "raw"), n_train=2, n_test=0)
+    out = build.build("ubc_fashion", str(tmp_path / "out"), raw)
+    path = os.path.join(out, "video_index-train.npy")
+    np.save(path, np.load(path)[::-1])  # records no longer in (video, frame) order
+    video = sources.open_tfds(out, "train")[0]
+    with pytest.raises(ValueError, match="video index out of date"):
+        video["frames_jpeg"][0]
