@@ -55,7 +55,7 @@ class _Style:
         self.upper_arm, self.forearm = _thick(w["upper_arm"], scale), _thick(w["forearm"], scale)
         self.finger = _thick(w["finger"], scale)
         self.pad = 0.5 * w["upper_arm"] * scale
-        self.tile = _texture_tile(app)
+        self.tile = texture_tile(app)
 
 
 # The torso texture tile spans u in [-1.5, 1.5] (shoulder half-widths, figure's right to left) and
@@ -65,7 +65,7 @@ _TILE_U0, _TILE_DU = -1.5, 3.0 / _TILE
 _TILE_V0, _TILE_DV = -0.25, 1.5 / _TILE
 
 
-def _texture_tile(app: Appearance) -> np.ndarray:
+def texture_tile(app: Appearance) -> np.ndarray:
     """The identity's torso pattern in torso coordinates, uint8 ``[_TILE, _TILE, 3]``."""
     c = np.arange(_TILE) + 0.5
     n = app.pattern_count
