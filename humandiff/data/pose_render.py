@@ -43,77 +43,82 @@ HAND_EDGE_COLORS = np.array(
 HAND_POINT_COLOR = np.array([0.0, 0.0, 255.0])
 FACE_POINT_COLOR = np.array([255.0, 255.0, 255.0])
 BODY_DIM = 0.6
+_DIM_LUT = (np.arange(256) * BODY_DIM).astype(np.uint8)  # floor(v * 0.6), as a table lookup
 
 _SHIFT = 4  # sub-pixel bits for OpenCV drawing
 _ONE = 1 << _SHIFT
 _ELLIPSE_T = np.linspace(0.0, 2.0 * np.pi, 37)[:-1]
+_FAR = float(2**20)  # coordinates are clipped to +-_FAR pixels so fixed-point values fit in int32
 
 
-def _fixed(xy: np.ndarray) -> np.ndarray:
-    """Pixel coordinates -> OpenCV fixed point with `_SHIFT` fractional bits."""
-    return np.rint(np.asarray(xy, dtype=np.float64) * _ONE).astype(np.int32)
-
-
-def _color(base: np.ndarray, conf: float, use_conf: bool) -> tuple:
-    c = base * (min(max(conf, 0.0), 1.0) if use_conf else 1.0)
-    return tuple(float(v) for v in np.floor(c + 1e-6))
+def _colors(base: np.ndarray, conf: np.ndarray, use_conf: bool) -> list:
+    """``[N, 3]`` base colours (scaled by ``conf`` in [0, 1] if ``use_conf``) as OpenCV colour lists."""
+    if use_conf:
+        base = np.floor(base * np.clip(conf, 0.0, 1.0)[:, None] + 1e-6)
+    return base.tolist()
 
 
 def _visible(points: np.ndarray, threshold: float) -> np.ndarray:
     return (points[:, 2] > threshold) & np.all(np.isfinite(points[:, :2]), axis=1)
 
 
-def _fill_limb(canvas: np.ndarray, a: np.ndarray, b: np.ndarray, half_width: float, color: tuple) -> None:
-    """Filled ellipse spanning a->b (semi-axes |ab|/2 and ``half_width``)."""
+def _fixed(xy: np.ndarray) -> list:
+    """Pixel coordinates ``[N, 2]`` -> OpenCV fixed-point point tuples (`_SHIFT` fractional bits)."""
+    xy = np.clip(np.nan_to_num(xy), -_FAR, _FAR)
+    return [tuple(p) for p in np.rint(xy * _ONE).astype(np.int32).tolist()]
+
+
+def _limb_polygons(a: np.ndarray, b: np.ndarray, half_width: float) -> np.ndarray:
+    """Ellipses spanning ``a[i] -> b[i]`` (semi-axes |ab|/2 and ``half_width``) as int32 ``[N, 36, 2]`` fixed point."""
+    a, b = np.clip(a, -_FAR, _FAR), np.clip(b, -_FAR, _FAR)
     center = 0.5 * (a + b)
     d = b - a
-    length = float(np.hypot(d[0], d[1]))
-    u = d / length if length > 0 else np.array([1.0, 0.0])
-    n = np.array([-u[1], u[0]])
-    pts = (center[None] + np.cos(_ELLIPSE_T)[:, None] * (0.5 * length) * u[None]
-           + np.sin(_ELLIPSE_T)[:, None] * half_width * n[None])
-    cv2.fillConvexPoly(canvas, _fixed(pts), color, cv2.LINE_8, _SHIFT)
+    length = np.hypot(d[:, 0], d[:, 1])
+    u = np.where(length[:, None] > 0, d / np.maximum(length, 1e-12)[:, None], [1.0, 0.0])
+    n = np.stack([-u[:, 1], u[:, 0]], -1)
+    cos, sin = np.cos(_ELLIPSE_T)[None, :, None], np.sin(_ELLIPSE_T)[None, :, None]
+    pts = center[:, None] + cos * (0.5 * length)[:, None, None] * u[:, None] + sin * half_width * n[:, None]
+    return np.rint(pts * _ONE).astype(np.int32)
 
 
-def _disc(canvas: np.ndarray, xy: np.ndarray, radius: float, color: tuple) -> None:
-    cv2.circle(canvas, tuple(int(v) for v in _fixed(xy)), int(round(radius * _ONE)), color, -1, cv2.LINE_8, _SHIFT)
+def _discs(canvas: np.ndarray, points: np.ndarray, vis: np.ndarray, radius: float, colors: list) -> None:
+    r = int(round(radius * _ONE))
+    for j, (p, c) in enumerate(zip(_fixed(points[:, :2]), colors)):
+        if vis[j]:
+            cv2.circle(canvas, p, r, c, -1, cv2.LINE_8, _SHIFT)
 
 
 def _draw_body(canvas: np.ndarray, body: np.ndarray, thr: float, scale: float, use_conf: bool) -> np.ndarray:
     vis = _visible(body, thr)
-    half_width = max(1.0, 4.0 * scale)
-    for i, (p, q) in enumerate(BODY_LIMBS):
-        if vis[p] and vis[q]:
-            color = _color(BODY_COLORS[i], body[p, 2] * body[q, 2], use_conf)
-            _fill_limb(canvas, body[p, :2], body[q, :2], half_width, color)
-    canvas = (canvas * BODY_DIM).astype(np.uint8)
-    radius = max(1.0, round(4.0 * scale))
-    for j in range(len(body)):
-        if vis[j]:
-            _disc(canvas, body[j, :2], radius, _color(BODY_COLORS[j], body[j, 2], use_conf))
+    limbs = np.array(BODY_LIMBS)
+    on = vis[limbs[:, 0]] & vis[limbs[:, 1]]
+    if on.any():
+        idx = np.flatnonzero(on)
+        polys = _limb_polygons(body[limbs[idx, 0], :2], body[limbs[idx, 1], :2], max(1.0, 4.0 * scale))
+        colors = _colors(BODY_COLORS[idx], body[limbs[idx, 0], 2] * body[limbs[idx, 1], 2], use_conf)
+        for poly, color in zip(polys, colors):
+            cv2.fillConvexPoly(canvas, poly, color, cv2.LINE_8, _SHIFT)
+    canvas = cv2.LUT(canvas, _DIM_LUT)
+    _discs(canvas, body, vis, max(1.0, round(4.0 * scale)), _colors(BODY_COLORS, body[:, 2], use_conf))
     return canvas
 
 
 def _draw_hand(canvas: np.ndarray, hand: np.ndarray, thr: float, scale: float, use_conf: bool) -> None:
     vis = _visible(hand, thr)
+    edges = np.array(HAND_EDGES)
     width = int(max(1, round(2.0 * scale)))
-    for i, (p, q) in enumerate(HAND_EDGES):
+    pts = _fixed(hand[:, :2])
+    colors = _colors(HAND_EDGE_COLORS, hand[edges[:, 0], 2] * hand[edges[:, 1], 2], use_conf)
+    for (p, q), color in zip(HAND_EDGES, colors):
         if vis[p] and vis[q]:
-            color = _color(HAND_EDGE_COLORS[i], hand[p, 2] * hand[q, 2], use_conf)
-            a, b = _fixed(hand[p, :2]), _fixed(hand[q, :2])
-            cv2.line(canvas, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), color, width, cv2.LINE_8, _SHIFT)
-    radius = max(1.0, round(4.0 * scale))
-    for j in range(len(hand)):
-        if vis[j]:
-            _disc(canvas, hand[j, :2], radius, _color(HAND_POINT_COLOR, hand[j, 2], use_conf))
+            cv2.line(canvas, pts[p], pts[q], color, width, cv2.LINE_8, _SHIFT)
+    _discs(canvas, hand, vis, max(1.0, round(4.0 * scale)),
+           _colors(np.broadcast_to(HAND_POINT_COLOR, (len(hand), 3)), hand[:, 2], use_conf))
 
 
 def _draw_face(canvas: np.ndarray, face: np.ndarray, thr: float, scale: float, use_conf: bool) -> None:
-    vis = _visible(face, thr)
-    radius = max(1.0, round(3.0 * scale))
-    for j in range(len(face)):
-        if vis[j]:
-            _disc(canvas, face[j, :2], radius, _color(FACE_POINT_COLOR, face[j, 2], use_conf))
+    _discs(canvas, face, _visible(face, thr), max(1.0, round(3.0 * scale)),
+           _colors(np.broadcast_to(FACE_POINT_COLOR, (len(face), 3)), face[:, 2], use_conf))
 
 
 def render_pose(
