@@ -114,3 +114,12 @@ def test_wrong_keypoint_shape_is_an_error(shape):
         render_pose(np.zeros(shape), 32, 32)
     with pytest.raises(ValueError, match=r"\[T, 133, 3\]"):
         render_video(np.zeros((133, 3)), 32, 32)
+
+
+def test_nan_and_far_away_points_do_not_crash():
+    kp = _skeleton()
+    kp[kpl.LEFT_WRIST, :2] = [1e12, -1e12]  # a detector glitch: the forearm is drawn towards it, clipped
+    kp[kpl.FACE.start, :2] = np.nan  # NaN coordinates count as missing
+    img = render_pose(kp, H, W)
+    assert not img[50:70, 440:460].any()
+    np.testing.assert_array_equal(img[200, 225], [153, 0, 0])
