@@ -1,10 +1,10 @@
 """DWPose whole-body keypoints with ONNX Runtime, from user-supplied model files.
 
 Models (never downloaded here; the user points at local files):
-  * detector ``yolox_l.onnx``: YOLOX-L, input ``[1, 3, 640, 640]`` float BGR 0..255 (letterboxed, padded
+  * detector ``yolox_l.onnx``: YOLOX-L, input ``[1, 3, 640, 640]`` float RGB 0..255 (letterboxed, padded
     with 114), output ``[1, 8400, 85]`` per anchor (strides 8/16/32): box offsets (x, y, log w, log h),
     objectness and 80 class probabilities (already sigmoided);
-  * pose ``dw-ll_ucoco_384.onnx``: input ``[N, 3, 384, 288]`` (a person crop, BGR normalised with mean
+  * pose ``dw-ll_ucoco_384.onnx``: input ``[N, 3, 384, 288]`` (a person crop, RGB normalised with mean
     (123.675, 116.28, 103.53), std (58.395, 57.12, 57.375)), outputs SimCC ``simcc_x [N, 133, 576]`` and
     ``simcc_y [N, 133, 768]`` (2 bins per input pixel).
 Pipeline per frame, as DWPose does: detect people (score = objectness x person probability > 0.1, NMS
@@ -12,6 +12,7 @@ at IoU 0.45, keep > 0.3; with no detection the whole frame is the box), crop eac
 the pose model's aspect ratio, run the pose model on all crops in batches, decode SimCC (arg-max bin /
 2, score = min of the x and y maxima), map back to frame pixels, and keep the person with the highest
 mean body-keypoint score. Output: float32 ``[133, 3]`` per frame (x, y in frame pixels, score).
+Frames go in as RGB, as in DWPose's own annotator and MimicMotion (the ImageNet mean/std are RGB-ordered).
 
 If a GPU provider is requested but the session runs on the CPU (``onnxruntime`` instead of
 ``onnxruntime-gpu``, a CUDA/cuDNN mismatch), a loud warning is logged and printed to stderr: extraction
@@ -79,13 +80,13 @@ def _batch_dim(session) -> Union[int, None]:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def letterbox(image_bgr: np.ndarray, size: Tuple[int, int] = DET_SIZE) -> Tuple[np.ndarray, float]:
+def letterbox(image: np.ndarray, size: Tuple[int, int] = DET_SIZE) -> Tuple[np.ndarray, float]:
     """Resizes keeping the aspect ratio into the top-left of a 114-grey canvas; returns (CHW float32, ratio)."""
-    h, w = image_bgr.shape[:2]
+    h, w = image.shape[:2]
     r = min(size[0] / h, size[1] / w)
     nh, nw = int(h * r), int(w * r)
     canvas = np.full((size[0], size[1], 3), 114, np.uint8)
-    canvas[:nh, :nw] = cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32), r
 
 
@@ -132,7 +133,7 @@ def decode_detections(raw: np.ndarray, ratio: float, *, size: Tuple[int, int] = 
     return np.concatenate([boxes[keep], scores[keep, None]], axis=1).astype(np.float32)
 
 
-def crop_for_pose(image_bgr: np.ndarray, box: np.ndarray, input_hw: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray,
+def crop_for_pose(image: np.ndarray, box: np.ndarray, input_hw: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray,
                                                                                                np.ndarray]:
     """Affine crop of a box (padded by 1.25, widened to the model's aspect) -> (CHW normalised, center, scale)."""
     h_in, w_in = input_hw
@@ -143,7 +144,7 @@ def crop_for_pose(image_bgr: np.ndarray, box: np.ndarray, input_hw: Tuple[int, i
     scale = np.array([w, w / aspect] if w > h * aspect else [h * aspect, h], np.float64)
     k = w_in / scale[0]  # == h_in / scale[1]
     warp = np.array([[k, 0, w_in / 2 - k * center[0]], [0, k, h_in / 2 - k * center[1]]], np.float64)
-    crop = cv2.warpAffine(image_bgr, warp, (w_in, h_in), flags=cv2.INTER_LINEAR).astype(np.float32)
+    crop = cv2.warpAffine(image, warp, (w_in, h_in), flags=cv2.INTER_LINEAR).astype(np.float32)
     crop = (crop - POSE_MEAN) / POSE_STD
     return np.ascontiguousarray(crop.transpose(2, 0, 1)), center, scale
 
@@ -192,9 +193,9 @@ class DWPose:
         self.pose_outputs = ["simcc_x", "simcc_y"] if {"simcc_x", "simcc_y"} <= set(names) else names[:2]
         self.batch_size = batch_size
 
-    def detect(self, frames_bgr: Sequence[np.ndarray]) -> List[np.ndarray]:
+    def detect(self, frames: Sequence[np.ndarray]) -> List[np.ndarray]:
         """Person boxes ``[K, 5]`` per frame (a whole-frame box where nobody is detected)."""
-        inputs = [letterbox(f, self.det_size) for f in frames_bgr]
+        inputs = [letterbox(f, self.det_size) for f in frames]
         name = self.det.get_inputs()[0].name
         out: List[np.ndarray] = []
         for a, b in _chunks(len(inputs), _batch_dim(self.det), self.batch_size):
@@ -202,15 +203,15 @@ class DWPose:
             for j in range(b - a):
                 boxes = decode_detections(raw[j], inputs[a + j][1], size=self.det_size)
                 if not len(boxes):
-                    h, w = frames_bgr[a + j].shape[:2]
+                    h, w = frames[a + j].shape[:2]
                     boxes = np.array([[0, 0, w, h, 0.0]], np.float32)
                 out.append(boxes)
         return out
 
-    def estimate(self, frames_bgr: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> List[np.ndarray]:
+    def estimate(self, frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> List[np.ndarray]:
         """Keypoints ``[K, 133, 3]`` for every box of every frame (all crops batched together)."""
         crops, centers, scales, owner = [], [], [], []
-        for t, (frame, fb) in enumerate(zip(frames_bgr, boxes)):
+        for t, (frame, fb) in enumerate(zip(frames, boxes)):
             for box in fb:
                 c, ctr, sc = crop_for_pose(frame, box, self.pose_hw)
                 crops.append(c), centers.append(ctr), scales.append(sc), owner.append(t)
@@ -226,7 +227,7 @@ class DWPose:
             kps.append(decode_simcc(sx[:n], sy[:n], np.array(centers[a:b]), np.array(scales[a:b]), self.pose_hw))
         flat = np.concatenate(kps) if kps else np.zeros((0, kpl.NUM_KEYPOINTS, 3), np.float32)
         owner_arr = np.array(owner)
-        return [flat[owner_arr == t] for t in range(len(frames_bgr))]
+        return [flat[owner_arr == t] for t in range(len(frames))]
 
     def __call__(self, frames_rgb: np.ndarray) -> np.ndarray:
         """uint8 RGB ``[T, H, W, 3]`` (or one ``[H, W, 3]`` frame) -> float32 ``[T, 133, 3]`` (or ``[133, 3]``)."""
@@ -236,9 +237,9 @@ class DWPose:
             frames = frames[None]
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"DWPose expects RGB frames [T, H, W, 3] or [H, W, 3], got {frames.shape}")
-        bgr = [np.ascontiguousarray(f[..., ::-1]) for f in frames.astype(np.uint8)]  # DWPose works in BGR
-        people = self.estimate(bgr, self.detect(bgr))
-        out = np.zeros((len(bgr), kpl.NUM_KEYPOINTS, 3), np.float32)
+        rgb = [np.ascontiguousarray(f) for f in frames.astype(np.uint8)]
+        people = self.estimate(rgb, self.detect(rgb))
+        out = np.zeros((len(rgb), kpl.NUM_KEYPOINTS, 3), np.float32)
         for t, kp in enumerate(people):
             if len(kp):
                 out[t] = kp[int(np.argmax(kp[:, kpl.BODY, 2].mean(-1)))]
