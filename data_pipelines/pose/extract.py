@@ -70,6 +70,7 @@ def extract_video(model: DWPose, video: str, chunk: int = 32) -> np.ndarray:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point (see the module docstring); returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--video", required=True, nargs="+", help="mp4 files or folders of frame images")
     p.add_argument("--det", required=True, help="YOLOX detector ONNX file (yolox_l.onnx)")

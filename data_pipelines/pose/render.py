@@ -38,6 +38,7 @@ def load_reference(path: str) -> np.ndarray:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point (see the module docstring); returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--poses", required=True, help="keypoints .npy/.json, [T, 133, 3]")
     p.add_argument("--out", required=True, help="output .mp4 (H.264)")

@@ -88,7 +88,8 @@ def test_to_openpose18_order_and_neck():
     kp[6, 2] = 0.4
     op = kpl.to_openpose18(kp)
     assert op.shape == (18, 3)
-    # nose, [neck], r-sho, r-elb, r-wri, l-sho, l-elb, l-wri, r-hip, r-knee, r-ank, l-hip, l-knee, l-ank, r-eye, l-eye, ...
+    # OpenPose order: nose, [neck], r-sho, r-elb, r-wri, l-sho, l-elb, l-wri, r-hip, r-knee, r-ank, l-hip, ...,
+    # l-ank, r-eye, l-eye, r-ear, l-ear
     np.testing.assert_array_equal(op[[0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], 0],
                                   [0, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3])
     np.testing.assert_allclose(op[1], [5.5, 15.0, 0.4])
