@@ -1,6 +1,6 @@
 """TFDS builder: the procedural synthetic dance set (`humandiff.data.synthetic`), no raw files needed.
 
-Splits `train` (videos with seeds 0..num_videos-1) and `test` (the next num_test_videos seeds).
+Splits `train` and `test` (`humandiff.data.synthetic.SyntheticSource` splits: disjoint identities).
 Same frame records as the real video datasets (JPEG frames, COCO-WholeBody keypoints [133, 3] each).
 """
 
@@ -32,19 +32,19 @@ class Synthetic(common.VideoBuilderBase, skip_registration=True):
     def _split_generators(self, dl_manager):
         del dl_manager
         s = self._sizes
-        train = range(s["seed"], s["seed"] + s["num_videos"])
-        test = range(train.stop, train.stop + s["num_test_videos"])
-        splits = {"train": self._generate_examples("train", train)}
+        splits = {"train": self._generate_examples("train", s["num_videos"])}
         if s["num_test_videos"]:
-            splits["test"] = self._generate_examples("test", test)
+            splits["test"] = self._generate_examples("test", s["num_test_videos"])
         return splits
 
-    def _generate_examples(self, split: str, seeds) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _generate_examples(self, split: str, num_videos: int) -> Iterator[tuple[str, dict[str, Any]]]:
         from humandiff.data import synthetic  # runtime dependency of this builder only
 
         s = self._sizes
-        for seed in seeds:
-            video = synthetic.make_video(seed, s["num_frames"], s["height"], s["width"])
+        source = synthetic.SyntheticSource(num_videos, s["num_frames"], s["height"], s["width"], s["seed"],
+                                           split=split)
+        for i in range(num_videos):
+            video = source[i]
             frames = np.asarray(video["frames"], np.uint8)
             yield from common.frame_records({
                 "video_id": video["video_id"],

@@ -108,7 +108,7 @@ def open_source(config: ml_collections.ConfigDict) -> sources.RandomAccessSource
     if config.source == "tfds":
         return sources.open_tfds(config.data_dir, config.split, config.name)
     s = config.synthetic
-    return sources.SyntheticVideos(s.num_videos, s.num_frames, s.height, s.width, s.seed)
+    return sources.SyntheticVideos(s.num_videos, s.num_frames, s.height, s.width, s.seed, split=config.split)
 
 
 def shard_options(process_index: int | None, process_count: int | None) -> grain.sharding.ShardOptions:

@@ -194,10 +194,11 @@ def open_tfds(data_dir: str, split: str, name: str = "") -> RandomAccessSource:
 class SyntheticVideos:
     """The synthetic set generated on access (deterministic by index), with an `fps` field."""
 
-    def __init__(self, num_videos: int, num_frames: int, height: int, width: int, seed: int = 0, fps: float = 8.0):
+    def __init__(self, num_videos: int, num_frames: int, height: int, width: int, seed: int = 0, fps: float = 8.0,
+                 split: str = "train"):
         from humandiff.data import synthetic
 
-        self._source = synthetic.SyntheticSource(num_videos, num_frames, height, width, seed)
+        self._source = synthetic.SyntheticSource(num_videos, num_frames, height, width, seed, split=split)
         self._fps = float(fps)
 
     def __len__(self) -> int:

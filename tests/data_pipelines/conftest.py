@@ -5,18 +5,12 @@ keypoint 0, so tests can tell which video and frame a loaded image came from.
 """
 
 import os
-import sys
 import types
 
 import av
 import numpy as np
 import pytest
 from PIL import Image
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "data"))
-import standins  # noqa: E402
-
-standins.install()
 
 H, W, T = 24, 32, 6
 
