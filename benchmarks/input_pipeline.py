@@ -120,7 +120,8 @@ def main() -> None:
         c.update(stage="image", batch_size=4)
         result["image_stage_512"] = _time_iterator(
             loader.make_train_iterator(c, seed=0, process_index=0, process_count=1), 10, 4)
-        result["image_stage_512"]["parts_cpu_ms"] = _parts([src[i] for i in range(len(src))], loader.example_options(c))
+        records = [src[i] for i in range(len(src))]
+        result["image_stage_512"]["parts_cpu_ms"] = _parts(records, loader.example_options(c))
         c.update(stage="video", batch_size=1, num_frames=24, stride=2)
         result["video_stage_24x512"] = _time_iterator(
             loader.make_train_iterator(c, seed=0, process_index=0, process_count=1), 8, 1)

@@ -115,7 +115,8 @@ class _LazyFrames:
     """Sequence view of one video's frames: item i reads frame record i (cached while the view lives)."""
 
     def __init__(self, source, records: np.ndarray, video_id: str, field: str, cache: dict):
-        self._source, self._records, self._video_id, self._field, self._cache = source, records, video_id, field, cache
+        self._source, self._records, self._video_id = source, records, video_id
+        self._field, self._cache = field, cache
 
     def __len__(self) -> int:
         return len(self._records)
