@@ -147,11 +147,13 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             metadata=tfds.core.MetadataDict(), homepage=None)
 
     def download_and_prepare(self, *args, **kwargs):
-        """TFDS's build, then the video index that maps each video to its frame records."""
+        """TFDS's build, then the video index that maps each video to its frame records (one read pass;
+        skipped when TFDS reused an existing build that already has its index)."""
         super().download_and_prepare(*args, **kwargs)
         from humandiff.data import sources  # the reader owns the index format
 
-        sources.write_video_index(os.fspath(self.data_path))
+        if not os.path.exists(os.path.join(os.fspath(self.data_path), sources.INDEX_FILE)):
+            sources.write_video_index(os.fspath(self.data_path))
 
     @abc.abstractmethod
     def _list_videos(self, manual_dir: str) -> dict[str, list[VideoItem]]:
