@@ -97,10 +97,14 @@ class VideoExampleOp:
         ref = transforms.apply_geometry(ref_img, g)
         tgt_images, tgt_poses = [], []
         for i in tgt_idx:
-            img = ref if i == ref_idx else transforms.open_frame(frames[i])
-            if img is not ref and img.size != (src_w, src_h):
-                raise ValueError(f"video {vid}: frame {i} is {img.size}, frame {ref_idx} is {(src_w, src_h)}")
-            tgt_images.append(transforms.to_signed_float(img if img is ref else transforms.apply_geometry(img, g)))
+            if i == ref_idx:
+                out = ref
+            else:
+                img = transforms.open_frame(frames[i])
+                if img.size != (src_w, src_h):
+                    raise ValueError(f"video {vid}: frame {i} is {img.size}, frame {ref_idx} is {(src_w, src_h)}")
+                out = transforms.apply_geometry(img, g)
+            tgt_images.append(transforms.to_signed_float(out))
             kp_i = transforms.transform_keypoints(_frame_keypoints(kp, i, vid), g)
             tgt_poses.append(_render(kp_i, o.height, o.width, o.score_threshold))
         example = {
