@@ -7,7 +7,7 @@ loader in one process with ONE decoding thread and measures samples per second o
 CPU-second of this process (the second is the per-core figure; it does not depend on other load on a
 shared machine). From that and an explicitly ASSUMED accelerator step rate it states how many cores a
 host needs to keep the train step fed. Also times the parts of one example (decode+crop, pose render,
-CLIP preprocessing) outside grain.
+CLIP preprocessing) outside grain, and the image stage on photo-like 940x720 frames (UBC-Fashion size).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def machine() -> dict:
                     break
     import PIL
 
-    return {"note_frames": "synthetic figures on flat backgrounds compress to ~20 KB per 512x512 JPEG; real "
-                           "video frames are several times larger and decode proportionally slower",
+    return {"note_frames": "synthetic figures on flat backgrounds make small JPEGs (build.jpeg_kb_per_frame); "
+                           "the photo-like 940x720 case measures decoding at real-footage sizes",
             "cpu": cpu, "logical_cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "pillow": PIL.__version__,
             "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
@@ -64,6 +64,30 @@ def _time_iterator(it, num_batches: int, batch: int) -> dict:
     n = num_batches * batch
     return {"samples": n, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
             "samples_per_s_wall_1thread": round(n / wall, 2), "samples_per_cpu_s": round(n / cpu, 2)}
+
+
+def _textured_videos(num_videos: int = 2, num_frames: int = 32, height: int = 940, width: int = 720) -> list:
+    """In-memory videos with photo-like JPEG frames (UBC-Fashion size): smooth colour fields plus grain,
+    ~10x the bytes of a synthetic frame, so decoding costs what real footage costs."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    videos = []
+    for v in range(num_videos):
+        low = rng.integers(0, 255, (height // 40 + 2, width // 40 + 2, 3), dtype=np.uint8)
+        base = np.asarray(Image.fromarray(low).resize((width + 80, height + 80), Image.BICUBIC), np.int16)
+        jpegs = []
+        for t in range(num_frames):
+            frame = base[t % 40: t % 40 + height, t % 40: t % 40 + width] + rng.normal(0, 8, (height, width, 3))
+            buf = io.BytesIO()
+            Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=95)
+            jpegs.append(buf.getvalue())
+        xy = rng.uniform([0, 0], [width, height], (num_frames, 133, 2))
+        kp = np.concatenate([xy, np.ones((num_frames, 133, 1))], -1).astype(np.float32)
+        videos.append({"video_id": f"textured{v}", "frames_jpeg": jpegs, "keypoints": kp, "fps": 30.0})
+    return videos
 
 
 def _parts(records, options) -> dict:
@@ -108,12 +132,11 @@ def main() -> None:
                           num_frames=args.frames_per_video, height=args.size, width=args.size)
         build_s = time.perf_counter() - t0
         n_frames = args.num_videos * args.frames_per_video
-        result["build"] = {"videos": args.num_videos, "frames": n_frames, "size": args.size,
-                           "wall_s": round(build_s, 2),
-                           "frames_per_s": round(n_frames / build_s, 1),
-                           "bytes_per_frame": int(sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out)
-                                                      if "array_record" in f) / n_frames)}
         src = sources.open_tfds(out, "train")
+        jpeg_kb = np.mean([len(src[v]["frames_jpeg"][t]) for v in range(len(src)) for t in range(8)]) / 1024
+        result["build"] = {"videos": args.num_videos, "frames": n_frames, "size": args.size,
+                           "wall_s": round(build_s, 2), "frames_per_s": round(n_frames / build_s, 1),
+                           "jpeg_kb_per_frame": round(float(jpeg_kb), 1)}
         c = loader.default_config()
         c.update(source="tfds", data_dir=out, resolution=(512, 512), crop_scale=(0.8, 1.0), num_threads=1,
                  prefetch=2, min_margin=8, drop_prob=0.1)
@@ -126,6 +149,15 @@ def main() -> None:
         result["video_stage_24x512"] = _time_iterator(
             loader.make_train_iterator(c, seed=0, process_index=0, process_count=1), 8, 1)
 
+    # The same image stage on photo-like 940x720 frames (in memory: decode/transform cost, no ArrayRecord).
+    textured = _textured_videos()
+    c.update(stage="image", batch_size=4)
+    result["image_stage_512_from_940x720_photo_like"] = _time_iterator(
+        loader.make_train_iterator(c, seed=0, process_index=0, process_count=1, source=textured), 10, 4)
+    result["image_stage_512_from_940x720_photo_like"]["jpeg_kb_per_frame"] = round(
+        float(np.mean([len(j) for v in textured for j in v["frames_jpeg"]])) / 1024, 1)
+    result["image_stage_512_from_940x720_photo_like"]["parts_cpu_ms"] = _parts(textured, loader.example_options(c))
+
     per_chip = ASSUMED["chip_peak_tflops"] * ASSUMED["mfu"] / ASSUMED["tflop_per_image_sample"]
     need_image = per_chip * ASSUMED["chips_per_host"]
     need_video = need_image / ASSUMED["video_sample_cost_in_image_samples"]
@@ -133,6 +165,8 @@ def main() -> None:
         "assumed_image_samples_per_s_per_host": round(need_image, 1),
         "assumed_image_step_time_s_batch4_per_chip": round(4 / per_chip, 3),
         "image_stage_cores": round(need_image / result["image_stage_512"]["samples_per_cpu_s"], 1),
+        "image_stage_cores_photo_like_940x720": round(
+            need_image / result["image_stage_512_from_940x720_photo_like"]["samples_per_cpu_s"], 1),
         "assumed_video_samples_per_s_per_host": round(need_video, 2),
         "video_stage_cores": round(need_video / result["video_stage_24x512"]["samples_per_cpu_s"], 1),
         "caveat": "cores = assumed host demand / measured samples per CPU-second; the demand is an "
