@@ -50,7 +50,7 @@ def unsupported_reason(head_dim: int) -> str | None:
 
 
 def _dpa(q, k, v, kv_lengths, implementation):
-    dtype = q.dtype if q.dtype in _HALF else jnp.bfloat16
+    dtype = q.dtype if q.dtype in _HALF or implementation != "cudnn" else jnp.bfloat16
     out = jax.nn.dot_product_attention(
         q.astype(dtype), k.astype(dtype), v.astype(dtype), key_value_seq_lengths=kv_lengths,
         implementation=implementation,
@@ -73,7 +73,7 @@ def joint(q: jax.Array, k: jax.Array, v: jax.Array, *, n_ref: int, causal: bool,
           implementation: str = "cudnn") -> jax.Array:
     """Joint `[ref ; tgt]` attention without a mask (arguments as `attention.attention`; 0 < n_ref < L).
 
-    `implementation="xla"` runs the same key layout on XLA (how the layout is tested on CPU).
+    `implementation="xla"` runs the same key layout on XLA without the bf16 cast (how it is tested on CPU).
     """
     if not causal and ref_keep is None:
         return _dpa(q, k, v, None, implementation)
