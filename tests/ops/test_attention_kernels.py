@@ -127,3 +127,25 @@ def test_no_reference_is_plain_attention(oracle):
     for impl in ("xla", "interpret"):
         out = jax.jit(lambda q, k, v: attn.attention(q, k, v, n_ref=0, impl=impl, config=TILES))(q, k, v)
         np.testing.assert_allclose(out, want, atol=2e-5, err_msg=impl)
+
+
+def test_fused_backward_kernel_and_unpadded_head_dim(oracle):
+    """splash's fused dq+dkv backward and head_multiple=1 (no head padding) give the same results."""
+    dense, allowed_fn = oracle
+    n_ref, n_tgt, _, keep = CASES[1]
+    q, k, v, ct = _case_data(CASES[1])
+    tiles = {name: 128 for name in attn.AttentionConfig(fused_bwd=True).blocks()}
+    config = attn.AttentionConfig(fused_bwd=True, head_multiple=1, **tiles)
+    keep = jnp.asarray(keep)
+
+    @jax.jit
+    def fwd_bwd(q, k, v):
+        fn = lambda *a: attn.attention(*a, n_ref=n_ref, ref_keep=keep, impl="interpret", config=config)  # noqa: E731
+        out, vjp = jax.vjp(fn, q, k, v)
+        return out, vjp(ct)
+
+    out, grads = fwd_bwd(q, k, v)
+    want, want_grads = dense(q, k, v, allowed_fn(2, n_ref, n_tgt, True, np.asarray(keep)), ct)
+    np.testing.assert_allclose(out, want, atol=2e-5)
+    for name, got, ref in zip("qkv", grads, want_grads):
+        np.testing.assert_allclose(got, ref, atol=1e-4, err_msg=f"d{name}")
