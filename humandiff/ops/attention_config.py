@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from jax.sharding import Mesh
+
 SPLASH_VARIANTS = ("fused", "two_pass")
 MIN_BLOCK = 128  # TPU lane width: splash kv-compute blocks must be multiples of it; we apply it to every block.
 
@@ -30,6 +32,11 @@ class AttentionConfig:
         the tile; e.g. 2304 tokens run with 256-token tiles instead of padding 1024-token tiles to 3072.
       pad_unaligned: pad segments that are still not tile multiples with masked tokens; False raises ValueError.
       head_multiple: zero-pad the head dim to a multiple of this for splash (TPU MXU tiles are 128 wide); 1 disables.
+      shard_batch_axes: mesh axes the batch is sharded over (e.g. ("data", "fsdp")). Pallas TPU kernels cannot be
+        partitioned by XLA, so with a mesh splash runs inside `jax.shard_map` over these axes (and `shard_head_axis`).
+      shard_head_axis: mesh axis the heads are sharded over (e.g. "tensor"), or None.
+      mesh: the mesh for that shard_map; None uses the context mesh (`jax.set_mesh`), and with neither (or no
+        shard axes) splash runs unsharded.
     """
 
     min_seq_len_tpu: int = 4096
@@ -47,6 +54,9 @@ class AttentionConfig:
     adapt_blocks: bool = True
     pad_unaligned: bool = True
     head_multiple: int = 128
+    shard_batch_axes: tuple[str, ...] = ()
+    shard_head_axis: str | None = None
+    mesh: Mesh | None = None
 
     def __post_init__(self):
         if self.splash_variant not in SPLASH_VARIANTS:

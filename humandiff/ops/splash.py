@@ -203,21 +203,59 @@ def _segment_ids(keep: jax.Array, seg: Segments) -> jax.Array:
     return jnp.where(jnp.asarray(keep, bool)[:, None], 0, is_tgt[None, :].astype(jnp.int32)).astype(jnp.int32)
 
 
+def _shard_mesh(config: AttentionConfig):
+    """The mesh splash is shard_mapped over, or None (unsharded)."""
+    if not config.shard_batch_axes and config.shard_head_axis is None:
+        return None
+    mesh = config.mesh if config.mesh is not None else jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return None
+    wanted = (*config.shard_batch_axes, *([config.shard_head_axis] if config.shard_head_axis else []))
+    missing = [axis for axis in wanted if axis not in mesh.axis_names]
+    if missing:
+        raise ValueError(f"AttentionConfig shard axes {missing} are not axes of the mesh {mesh.axis_names}")
+    return mesh
+
+
+def _call_kernel(kernel_for, q, k, v, ids, config: AttentionConfig):
+    """vmap the kernel over the batch; under a mesh, inside shard_map over batch (and head) axes."""
+
+    def local(q, k, v, ids):
+        kernel = kernel_for(q.shape[1])
+        if ids is None:
+            return jax.vmap(kernel)(q, k, v)
+        return jax.vmap(lambda a, b, c, s: kernel(a, b, c, segment_ids=s))(q, k, v, ids)
+
+    mesh = _shard_mesh(config)
+    if mesh is None:
+        return local(q, k, v, ids)
+    batch = tuple(config.shard_batch_axes) or None
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    n_batch = math.prod(sizes[a] for a in config.shard_batch_axes)
+    n_heads = sizes[config.shard_head_axis] if config.shard_head_axis else 1
+    if q.shape[0] % n_batch or q.shape[1] % n_heads:
+        raise ValueError(f"splash shard_map: batch {q.shape[0]} / heads {q.shape[1]} not divisible by mesh axes "
+                         f"{config.shard_batch_axes} ({n_batch}) / {config.shard_head_axis!r} ({n_heads})")
+    spec = jax.sharding.PartitionSpec(batch, config.shard_head_axis, None, None)
+    ids_spec = None if ids is None else sa.SegmentIds(*[jax.sharding.PartitionSpec(batch, None)] * 2)
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, ids_spec), out_specs=spec, check_vma=False)
+    return fn(q, k, v, ids)
+
+
 def _run(q, k, v, q_seg: Segments, kv_seg: Segments, causal: bool, keep, block_sizes, config, interpret):
     """One splash kernel over padded layouts; q/k/v are `[B, L, H, D]` with real tokens only."""
-    d = q.shape[-1]
-    q = (q.astype(jnp.float32) * (1.0 / math.sqrt(d))).astype(q.dtype)
+    d, dtype = q.shape[-1], q.dtype
+    q = (q.astype(jnp.float32) * (1.0 / math.sqrt(d))).astype(dtype)
     width = -(-d // max(config.head_multiple, 1)) * max(config.head_multiple, 1)
     q, k, v = (jnp.pad(x, [(0, 0)] * 3 + [(0, width - d)]) if width != d else x for x in (q, k, v))
     q = _pad_axis(q, q_seg).transpose(0, 2, 1, 3)
     k, v = (_pad_axis(x, kv_seg).transpose(0, 2, 1, 3) for x in (k, v))
-    kernel = make_kernel(build_mask(q_seg, kv_seg, causal), q.shape[1], block_sizes, interpret)
-    if keep is None:
-        out = jax.vmap(kernel)(q, k, v)
-    else:
+    mask = build_mask(q_seg, kv_seg, causal)
+    ids = None
+    if keep is not None:
         ids = sa.SegmentIds(q=_segment_ids(keep, q_seg), kv=_segment_ids(keep, kv_seg))
-        out = jax.vmap(lambda a, b, c, s: kernel(a, b, c, segment_ids=s))(q, k, v, ids)
-    return _unpad_axis(out.transpose(0, 2, 1, 3), q_seg)[..., :d].astype(q.dtype)
+    out = _call_kernel(lambda heads: make_kernel(mask, heads, block_sizes, interpret), q, k, v, ids, config)
+    return _unpad_axis(out.transpose(0, 2, 1, 3), q_seg)[..., :d].astype(dtype)
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, n_ref_keys: int, ref_keep: jax.Array | None,
