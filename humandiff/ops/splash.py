@@ -13,7 +13,9 @@ multiple of `head_multiple` (zeros leave q.k unchanged; padded output columns ar
 vmapped over the batch. Segment lengths that are not tile multiples are padded per segment (reference and
 target separately, so the skipped quadrant stays tile-aligned) and the padding is masked out by the same lazy
 mask. `ref_keep` becomes splash segment ids (traced, no recompilation). Kernels are cached by mask, heads, tiles.
-With `interpret=True` the same kernels run in Pallas interpret mode on CPU.
+XLA cannot partition a Pallas TPU kernel, so with `AttentionConfig.shard_batch_axes`/`shard_head_axis` and a mesh
+the kernel runs inside `jax.shard_map` (each device: its batch and head shard). With `interpret=True` the same
+kernels run in Pallas interpret mode on CPU.
 """
 
 from __future__ import annotations
