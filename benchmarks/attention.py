@@ -142,6 +142,8 @@ def run(args) -> dict:
                     continue
                 if mode == "cached" and name.endswith("two_pass"):  # the cached target pass is one kernel either way
                     continue
+                if mode == "cached":
+                    name = name.removesuffix("_fused")
                 row = {"image": image, "tokens_per_image": n, "head_dim": d, "heads": args.heads,
                        "batch": args.batch, "mode": mode, "impl": name, "dtype": jnp.dtype(dtype).name,
                        "counted_flops": counted_flops(mode, args.batch, args.heads, n, d)}
