@@ -135,6 +135,8 @@ def test_synthetic_cli(tmp_path, capsys):
     assert meta["num_skipped"] == {}
     # The loader also finds the newest version from the root and the dataset name.
     c = _loader_config(str(tmp_path), name="synthetic", min_margin=1)
+    info = loader.describe(c)
+    assert info["dataset_dir"] == out and info["num_skipped"] == {}
     _check_video_batch(next(loader.make_train_iterator(c, seed=0, process_index=0, process_count=1)))
 
 
