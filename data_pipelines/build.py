@@ -60,6 +60,8 @@ def build(dataset: str, data_dir: str, manual_dir: str | None = None, *, on_erro
     import tensorflow_datasets as tfds  # heavy; imported only when building
 
     cls = builder_class(dataset)
+    data_dir = os.path.expanduser(data_dir)
+    manual_dir = os.path.expanduser(manual_dir) if manual_dir else manual_dir
     kwargs = dict(data_dir=data_dir, on_error=on_error, min_frames=min_frames, jpeg_quality=jpeg_quality,
                   num_workers=num_workers)
     if dataset == "synthetic":

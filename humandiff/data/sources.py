@@ -33,6 +33,7 @@ def resolve_dataset_dir(data_dir: str, name: str = "") -> str:
     Raises:
         FileNotFoundError: naming the directories that were searched.
     """
+    data_dir = os.path.expanduser(data_dir)
     if os.path.exists(os.path.join(data_dir, "dataset_info.json")):
         return data_dir
     root = os.path.join(data_dir, name) if name else data_dir
@@ -91,11 +92,12 @@ def write_video_index(dataset_dir: str) -> None:
     for split in builder.info.splits.keys():
         src = builder.as_data_source(split=split)
         by_video: dict[str, list] = {}
-        for r in range(len(src)):
-            rec = src[r]
-            vid = rec["video_id"].decode("utf-8") if isinstance(rec["video_id"], bytes) else rec["video_id"]
-            by_video.setdefault(vid, []).append((int(rec["frame_index"]), r, int(rec["num_frames"]),
-                                                 float(rec["fps"]), int(rec["height"]), int(rec["width"])))
+        for start in range(0, len(src), 512):  # batched reads: array_record fetches them in parallel
+            keys = list(range(start, min(start + 512, len(src))))
+            for r, rec in zip(keys, src.__getitems__(keys)):
+                vid = rec["video_id"].decode("utf-8") if isinstance(rec["video_id"], bytes) else rec["video_id"]
+                by_video.setdefault(vid, []).append((int(rec["frame_index"]), r, int(rec["num_frames"]),
+                                                     float(rec["fps"]), int(rec["height"]), int(rec["width"])))
         videos, order = [], []
         for vid in sorted(by_video):
             frames = sorted(by_video[vid])
