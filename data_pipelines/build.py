@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from data_pipelines.builders import common
+from data_pipelines.builders import common, media
 
 DATASETS = ("tiktok", "ubc_fashion", "video_folder", "viton_hd", "synthetic")
 SYNTHETIC_FLAGS = ("num_videos", "num_test_videos", "num_frames", "height", "width", "seed")
@@ -89,8 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = {k: getattr(args, k) for k in SYNTHETIC_FLAGS}
-    out = build(args.dataset, args.data_dir, args.manual_dir, on_error=args.on_error, min_frames=args.min_frames,
-                jpeg_quality=args.jpeg_quality, num_workers=args.num_workers, **options)
+    try:
+        out = build(args.dataset, args.data_dir, args.manual_dir, on_error=args.on_error,
+                    min_frames=args.min_frames, jpeg_quality=args.jpeg_quality, num_workers=args.num_workers,
+                    **options)
+    except media.BadInputError as e:  # the message names the file; no TFDS traceback for the user
+        print(f"error: bad input: {e}\n(rerun with --on_error skip to leave such inputs out)", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     meta_path = os.path.join(out, "metadata.json")
     if os.path.exists(meta_path):
         with open(meta_path, encoding="utf-8") as f:
