@@ -31,6 +31,7 @@ class ExampleOptions:
     drop_prob: float = 0.1
     flip_prob: float = 0.5
     crop_scale: tuple[float, float] = (1.0, 1.0)
+    crop_mode: str = "fill"
     clip_size: int = 224
     score_threshold: float = 0.3
     skip_short: bool = False
@@ -93,7 +94,8 @@ class VideoExampleOp:
         tgt_idx, ref_idx = picked
         ref_img = transforms.open_frame(frames[ref_idx])
         src_w, src_h = ref_img.size
-        g = transforms.sample_geometry(rng, src_h, src_w, o.height, o.width, o.crop_scale, o.flip_prob)
+        g = transforms.sample_geometry(rng, src_h, src_w, o.height, o.width, o.crop_scale, o.flip_prob,
+                                       o.crop_mode)
         ref = transforms.apply_geometry(ref_img, g)
         tgt_images, tgt_poses = [], []
         for i in tgt_idx:
@@ -133,7 +135,7 @@ class TryOnExampleOp:
             raise ValueError(
                 f"try-on pair {record.get('id', '?')}: agnostic mask {mask.size} != person {person.size}")
         w, h = person.size
-        g = transforms.sample_geometry(rng, h, w, o.height, o.width, o.crop_scale, o.flip_prob)
+        g = transforms.sample_geometry(rng, h, w, o.height, o.width, o.crop_scale, o.flip_prob, o.crop_mode)
         tgt = transforms.apply_geometry(person, g)
         m = transforms.apply_geometry(mask.convert("L"), g, resample=Image.NEAREST)
         # The garment is shown whole (no crop), flipped with the person so its orientation matches.

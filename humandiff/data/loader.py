@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from humandiff.data import examples, sources
+from humandiff.data import examples, sources, transforms
 
 STAGES = ("image", "video", "tryon")
 SOURCES = ("tfds", "synthetic")
@@ -39,7 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.drop_prob = 0.1  # probability of drop_cond=True (no reference, zero image embedding) for CFG
     c.batch_size = 4  # global batch (all processes); divided evenly among processes
     c.flip = True  # random horizontal flip (p=0.5), the same for frame, pose and reference
-    c.crop_scale = (0.9, 1.0)  # random crop side, as a fraction of the largest box of the output aspect
+    c.crop_scale = (0.9, 1.0)  # random box side, as a fraction of the base box (see crop_mode)
+    c.crop_mode = "fill"  # "fill": crop the frame to the output aspect; "fit": keep all of it, letterboxed
     c.clip_size = 224  # CLIP image encoder input size, pixels
     c.score_threshold = 0.3  # keypoints with score <= this are not drawn
     c.skip_short = False  # videos too short for the sampling: skip them (True) or raise (False)
@@ -89,6 +90,8 @@ def validate_config(config: ml_collections.ConfigDict, process_count: int = 1) -
                          f"min_margin={config.min_margin} >= 0")
     if not 0.0 <= config.drop_prob <= 1.0:
         raise ValueError(f"data.drop_prob={config.drop_prob} must be in [0, 1]")
+    if config.crop_mode not in transforms.CROP_MODES:
+        raise ValueError(f"data.crop_mode={config.crop_mode!r}; expected one of {transforms.CROP_MODES}")
     lo, hi = config.crop_scale
     if not 0.0 < lo <= hi <= 1.0:
         raise ValueError(f"data.crop_scale={tuple(config.crop_scale)} must satisfy 0 < min <= max <= 1")
@@ -99,7 +102,7 @@ def example_options(config: ml_collections.ConfigDict) -> examples.ExampleOption
     return examples.ExampleOptions(
         stage=config.stage, height=h, width=w, num_frames=config.num_frames, stride=config.stride,
         min_margin=config.min_margin, drop_prob=config.drop_prob, flip_prob=0.5 if config.flip else 0.0,
-        crop_scale=tuple(config.crop_scale), clip_size=config.clip_size,
+        crop_scale=tuple(config.crop_scale), crop_mode=config.crop_mode, clip_size=config.clip_size,
         score_threshold=config.score_threshold, skip_short=config.skip_short)
 
 

@@ -60,26 +60,36 @@ class Geometry:
     flip: bool
 
 
+CROP_MODES = ("fill", "fit")
+
+
 def sample_geometry(rng: np.random.Generator, src_h: int, src_w: int, out_h: int, out_w: int,
-                    crop_scale: tuple[float, float] = (1.0, 1.0), flip_prob: float = 0.0) -> Geometry:
-    """Random crop of the output's aspect ratio: the largest fitting box scaled by s ~ U(crop_scale).
+                    crop_scale: tuple[float, float] = (1.0, 1.0), flip_prob: float = 0.0,
+                    mode: str = "fill") -> Geometry:
+    """Random box of the output's aspect ratio, scaled by s ~ U(crop_scale), then resized to the output.
 
     Args:
         rng: per-example generator.
         src_h, src_w: source frame size.
         out_h, out_w: output size.
-        crop_scale: (min, max) side scale of the box relative to the largest box that fits.
+        crop_scale: (min, max) side scale of the box relative to the base box.
         flip_prob: probability of a horizontal flip.
+        mode: "fill": the base box is the largest one inside the frame (the output is covered, the frame's
+            excess is cropped away); "fit": the base box is the smallest one containing the whole frame (the
+            whole frame is kept, letterboxed with black; a portrait dancer keeps head and feet in a square).
 
     Returns:
         The transform to apply to every frame, pose and reference of the sample.
     """
+    if mode not in CROP_MODES:
+        raise ValueError(f"crop mode {mode!r}; expected one of {CROP_MODES}")
     aspect = out_w / out_h
-    full_w = min(float(src_w), src_h * aspect)
+    full_w = min(float(src_w), src_h * aspect) if mode == "fill" else max(float(src_w), src_h * aspect)
     s = float(rng.uniform(crop_scale[0], crop_scale[1])) if crop_scale[1] > crop_scale[0] else float(crop_scale[0])
     box_w, box_h = full_w * s, full_w * s / aspect
-    x0 = float(rng.uniform(0.0, src_w - box_w)) if src_w > box_w else 0.0
-    y0 = float(rng.uniform(0.0, src_h - box_h)) if src_h > box_h else 0.0
+    # The box slides over the frame (fill) or the frame slides inside the box (fit: box larger than frame).
+    x0 = float(rng.uniform(min(0.0, src_w - box_w), max(0.0, src_w - box_w))) if src_w != box_w else 0.0
+    y0 = float(rng.uniform(min(0.0, src_h - box_h), max(0.0, src_h - box_h))) if src_h != box_h else 0.0
     flip = bool(rng.random() < flip_prob) if flip_prob > 0 else False
     return Geometry(x0, y0, box_w, box_h, out_h, out_w, flip)
 
@@ -115,10 +125,29 @@ def apply_geometry(image: Image.Image, g: Geometry, *, resample=Image.BILINEAR) 
         box = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
-    out = image.resize((g.out_w, g.out_h), resample=resample, box=box)
+    if box[0] >= 0 and box[1] >= 0 and box[2] <= image.size[0] and box[3] <= image.size[1]:
+        out = image.resize((g.out_w, g.out_h), resample=resample, box=box)
+    else:  # the box reaches outside the frame ("fit" mode): resize the overlap, paste it on black
+        out = _resize_partial(image, box, g.out_w, g.out_h, resample)
     if g.flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return out
+
+
+def _resize_partial(image: Image.Image, box: tuple, out_w: int, out_h: int, resample) -> Image.Image:
+    """Resizes the part of `box` that lies inside `image` to where it falls in an out_w x out_h canvas."""
+    sx, sy = out_w / (box[2] - box[0]), out_h / (box[3] - box[1])
+    inner = (max(box[0], 0.0), max(box[1], 0.0), min(box[2], image.size[0]), min(box[3], image.size[1]))
+    # Output pixel edges of the overlap, rounded; the source box is adjusted to the rounded edges so that
+    # the mapping stays exactly the affine one (keypoints transform the same way).
+    left, top = round((inner[0] - box[0]) * sx), round((inner[1] - box[1]) * sy)
+    right, bottom = round((inner[2] - box[0]) * sx), round((inner[3] - box[1]) * sy)
+    canvas = Image.new(image.mode, (out_w, out_h))
+    if right > left and bottom > top:
+        src = (box[0] + left / sx, box[1] + top / sy, box[0] + right / sx, box[1] + bottom / sy)
+        src = (max(src[0], 0.0), max(src[1], 0.0), min(src[2], image.size[0]), min(src[3], image.size[1]))
+        canvas.paste(image.resize((right - left, bottom - top), resample=resample, box=src), (left, top))
+    return canvas
 
 
 def to_signed_float(image: Image.Image) -> np.ndarray:

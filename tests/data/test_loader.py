@@ -58,6 +58,15 @@ def test_image_stage_ref_and_target_from_same_video_with_margin():
         assert b["tgt_pose"].shape == (8, 16, 16, 3) and b["clip_image"].shape == (8, 224, 224, 3)
 
 
+def test_fit_mode_keeps_reference_and_target_aligned():
+    b = next(_iterator(_config(crop_mode="fit", crop_scale=(1.0, 1.0), flip=False, resolution=(28, 28))))
+    # Frames are 20x28 (h x w): letterboxed into 28x28 at a random height, 20 rows of frame and 8 black
+    # (-1) rows, the same rows in the reference and the target (one transform per sample).
+    black_ref = (b["ref_image"] == -1.0).all(axis=(2, 3))  # [B, 28]
+    black_tgt = (b["tgt_image"] == -1.0).all(axis=(2, 3))
+    assert (black_ref == black_tgt).all() and (black_ref.sum(axis=1) == 8).all()
+
+
 def test_video_stage_clip_stride_and_reference():
     b = next(_iterator(_config(stage="video", batch_size=4)))
     assert b["tgt_image"].shape == (4, 3, 16, 16, 3) and b["tgt_pose"].shape == (4, 3, 16, 16, 3)
@@ -153,6 +162,7 @@ def test_pose_frame_mismatch_in_record_is_an_error():
     ("batch_size", 3, "batch_size=3 must be a positive multiple of the process count 2"),
     ("crop_scale", (0.0, 1.0), "crop_scale"),
     ("drop_prob", 1.5, "drop_prob=1.5"),
+    ("crop_mode", "zoom", "data.crop_mode='zoom'"),
 ])
 def test_config_errors_name_the_field(field, value, message):
     c = _config()

@@ -33,14 +33,16 @@ def test_flip_permutation_is_a_mirror_involution():
     assert p[91] == 112 and p[111] == 132  # left hand <-> right hand
 
 
-@pytest.mark.parametrize("flip", [False, True])
-def test_keypoints_follow_the_image_transform(flip):
-    """A bright pixel at a keypoint lands where the transformed keypoint says (within a pixel)."""
+@pytest.mark.parametrize("flip, box", [(False, (20.0, 5.0, 40.0)), (True, (20.0, 5.0, 40.0)),
+                                       (False, (-30.0, -25.0, 110.0)), (True, (-30.0, -25.0, 110.0))])
+def test_keypoints_follow_the_image_transform(flip, box):
+    """A bright pixel at a keypoint lands where the transformed keypoint says (within a pixel), for a crop
+    inside the frame and for a letterbox box reaching outside it ("fit" mode)."""
     src = np.zeros((60, 80, 3), np.uint8)
     kp = np.zeros((133, 3), np.float32)
     kp[9] = (50, 20, 1.0)  # left wrist at column 50, row 20
     src[19:22, 49:52] = 255
-    g = transforms.Geometry(x0=20.0, y0=5.0, box_w=40.0, box_h=40.0, out_h=80, out_w=80, flip=flip)
+    g = transforms.Geometry(x0=box[0], y0=box[1], box_w=box[2], box_h=box[2], out_h=80, out_w=80, flip=flip)
     out = np.asarray(transforms.apply_geometry(Image.fromarray(src), g))[..., 0].astype(float)
     moved = transforms.transform_keypoints(kp, g)
     j = 10 if flip else 9  # a flipped left wrist is drawn as the right wrist
@@ -48,6 +50,17 @@ def test_keypoints_follow_the_image_transform(flip):
     cy, cx = (out * yy).sum() / out.sum(), (out * xx).sum() / out.sum()
     assert abs(moved[j, 0] - cx) < 1.0 and abs(moved[j, 1] - cy) < 1.0
     assert moved[j, 2] == 1.0 and moved[9 if flip else 10, 2] == 0.0
+
+
+def test_fit_mode_letterboxes_the_whole_frame():
+    rng = np.random.default_rng(0)
+    portrait = Image.fromarray(np.full((80, 40, 3), 200, np.uint8))
+    for _ in range(5):
+        g = transforms.sample_geometry(rng, 80, 40, 32, 32, (1.0, 1.0), 0.0, mode="fit")
+        out = np.asarray(transforms.apply_geometry(portrait, g))[..., 0]
+        assert (out > 100).sum(axis=1).tolist() == [16] * 32  # 40/80 of each row is frame, the rest black
+    with pytest.raises(ValueError, match="crop mode 'zoom'"):
+        transforms.sample_geometry(rng, 80, 40, 32, 32, mode="zoom")
 
 
 def test_sample_geometry_keeps_aspect_and_bounds():
