@@ -176,7 +176,8 @@ def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding
 
 def make_train_iterator(data_config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh | None = None,
                         seed: int, process_index: int | None = None, process_count: int | None = None,
-                        source: sources.RandomAccessSource | None = None) -> grain.DatasetIterator:
+                        source: sources.RandomAccessSource | None = None,
+                        sharding: jax.sharding.NamedSharding | None = None) -> grain.DatasetIterator:
     """The training iterator: an endless, checkpointable stream of batches.
 
     Args:
@@ -187,6 +188,7 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, mesh: jax.sha
         process_index: this process's index; default `jax.process_index()` (via ShardByJaxProcess).
         process_count: number of processes; default `jax.process_count()`.
         source: overrides the source the config names (tests, benchmarks).
+        sharding: overrides the batch sharding derived from `mesh` (dim 0 must be the batch).
 
     Returns:
         A grain `DatasetIterator` (`next(it)` -> dict of arrays; `get_state`/`set_state`).
@@ -195,12 +197,13 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, mesh: jax.sha
     validate_config(data_config, shard.shard_count)
     ds = build_dataset(source if source is not None else open_source(data_config), data_config, seed=seed,
                        shard=shard)
-    if mesh is not None:
+    if sharding is None and mesh is not None:
         sharding = batch_sharding(mesh, data_config.batch_axes)
         n = int(np.prod([mesh.shape[a] for a in data_config.batch_axes if a in mesh.axis_names]))
         if data_config.batch_size % n:
             raise ValueError(f"data.batch_size={data_config.batch_size} is not divisible by the {n} devices "
                              f"of mesh axes {tuple(data_config.batch_axes)}")
+    if sharding is not None:
         ds = ds.map(lambda b: to_global(b, sharding))
     return iter(ds)
 

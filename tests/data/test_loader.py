@@ -133,6 +133,10 @@ def test_global_arrays_on_a_mesh():
     assert len(b["ref_image"].addressable_shards) == 8
     with pytest.raises(ValueError, match="batch_size=4 is not divisible by the 8 devices"):
         _iterator(_config(batch_size=4), mesh=mesh)
+    data_only = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))  # replicated over fsdp
+    b = next(loader.make_train_iterator(_config(batch_size=4), seed=0, process_index=0, process_count=1,
+                                        source=SOURCE, sharding=data_only))
+    assert b["tgt_image"].sharding == data_only and b["tgt_image"].shape == (4, 16, 16, 3)
 
 
 def test_condition_dropout_rate():
