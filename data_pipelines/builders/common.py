@@ -125,13 +125,15 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     RELEASE_NOTES = {"1.0.0": "First release: JPEG frames, COCO-WholeBody keypoints [T,133,3]."}
 
     def __init__(self, *, on_error: str = "raise", min_frames: int = 2, jpeg_quality: int = 95,
-                 num_workers: int = 1, **kwargs):
+                 num_workers: int = 1, max_short_side: int = 0, **kwargs):
         """Args: on_error: "raise" or "skip"; min_frames: shorter videos are bad input; jpeg_quality: 1-95;
-        num_workers: videos decoded/encoded in parallel threads (PyAV and Pillow release the GIL)."""
+        num_workers: videos decoded/encoded in parallel threads (PyAV and Pillow release the GIL);
+        max_short_side: > 0 stores frames shrunk so their short side is at most this (keypoints follow)."""
         self._policy = ErrorPolicy(on_error)
         self._min_frames = int(min_frames)
         self._jpeg_quality = int(jpeg_quality)
         self._num_workers = max(1, int(num_workers))
+        self._max_short_side = int(max_short_side)
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
 
@@ -187,15 +189,16 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             frames = (media.load_image(f, conversions) for f in item.frame_files)
         else:
             frames = media.iter_video_frames(item.path, conversions)
-        jpegs, size = [], None
+        jpegs, size, stored = [], None, None
         for i, frame in enumerate(frames):
             if size is None:
                 size = frame.shape[:2]
+                stored = media.shrunk_size(*size, self._max_short_side)
             elif frame.shape[:2] != size:
                 where = item.frame_files[i] if item.frame_files else f"{item.path} frame {i}"
                 raise media.BadInputError(
                     where, f"frame size {frame.shape[:2]} differs from the first frame's {size}")
-            jpegs.append(media.encode_jpeg(frame, self._jpeg_quality))
+            jpegs.append(media.encode_jpeg(media.resize_frame(frame, stored), self._jpeg_quality))
         if not jpegs:
             raise media.BadInputError(item.path, "video has no frames")
         if len(jpegs) < self._min_frames:
@@ -204,8 +207,8 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         fps = 0.0 if item.frame_folder else media.video_fps(item.path)  # after decoding: errors name the cause
         kp = media.load_keypoints(item.pose_path, num_frames=len(jpegs))
         media.check_pixel_keypoints(item.pose_path, kp, *size)
-        return {"video_id": item.video_id, "frames_jpeg": jpegs, "keypoints": kp, "fps": fps,
-                "height": size[0], "width": size[1]}
+        return {"video_id": item.video_id, "frames_jpeg": jpegs, "keypoints": media.scale_keypoints(kp, size, stored),
+                "fps": fps, "height": stored[0], "width": stored[1]}
 
 
 def ordered_parallel_map(fn, items, num_workers: int):

@@ -81,6 +81,32 @@ def load_image(path: str, conversions: Conversions) -> np.ndarray:
         raise BadInputError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
 
 
+def shrunk_size(height: int, width: int, max_short_side: int) -> tuple[int, int]:
+    """(height, width) with the short side at most `max_short_side` (0: unchanged), aspect kept."""
+    short = min(height, width)
+    if max_short_side <= 0 or short <= max_short_side:
+        return height, width
+    s = max_short_side / short
+    return max(1, round(height * s)), max(1, round(width * s))
+
+
+def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] resized (antialiased bicubic) to `size` = (height, width); unchanged if equal."""
+    if frame.shape[:2] == tuple(size):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((size[1], size[0]), Image.BICUBIC))
+
+
+def scale_keypoints(kp: np.ndarray, size: tuple[int, int], new_size: tuple[int, int]) -> np.ndarray:
+    """Keypoints [..., 3] in pixels of a `size` frame -> pixels of the frame resized to `new_size`."""
+    if tuple(size) == tuple(new_size):
+        return kp
+    out = np.array(kp, np.float32, copy=True)
+    out[..., 0] = (out[..., 0] + 0.5) * (new_size[1] / size[1]) - 0.5  # pixel centres map to pixel centres
+    out[..., 1] = (out[..., 1] + 0.5) * (new_size[0] / size[0]) - 0.5
+    return out
+
+
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     """Encodes uint8 RGB [H, W, 3] as JPEG bytes (4:2:0 chroma, like most video)."""
     buf = io.BytesIO()

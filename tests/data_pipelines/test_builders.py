@@ -174,3 +174,18 @@ def test_stale_video_index_is_detected(tmp_path, fakes):
     video = sources.open_tfds(out, "train")[0]
     with pytest.raises(ValueError, match="video index out of date"):
         video["frames_jpeg"][0]
+
+
+def test_max_short_side_shrinks_frames_and_keypoints(tmp_path, fakes):
+    raw = fakes.make_ubc(str(tmp_path / "raw"), n_train=1, n_test=0)
+    out = build.build("ubc_fashion", str(tmp_path / "out"), raw, max_short_side=12)  # 24x32 -> 12x16
+    video = sources.open_tfds(out, "train")[0]
+    from PIL import Image
+    import io
+
+    assert (video["height"], video["width"]) == (12, 16)
+    assert Image.open(io.BytesIO(video["frames_jpeg"][0])).size == (16, 12)
+    np.testing.assert_allclose(np.asarray(video["keypoints"])[..., :2],
+                               (fakes.keypoints_for(0)[..., :2] + 0.5) * 0.5 - 0.5, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="--max_short_side applies to recorded videos"):
+        build.build("synthetic", str(tmp_path / "s"), max_short_side=8)
