@@ -207,8 +207,9 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         fps = 0.0 if item.frame_folder else media.video_fps(item.path)  # after decoding: errors name the cause
         kp = media.load_keypoints(item.pose_path, num_frames=len(jpegs))
         media.check_pixel_keypoints(item.pose_path, kp, *size)
-        return {"video_id": item.video_id, "frames_jpeg": jpegs, "keypoints": media.scale_keypoints(kp, size, stored),
-                "fps": fps, "height": stored[0], "width": stored[1]}
+        kp = media.scale_keypoints(kp, size, stored)
+        return {"video_id": item.video_id, "frames_jpeg": jpegs, "keypoints": kp, "fps": fps,
+                "height": stored[0], "width": stored[1]}
 
 
 def ordered_parallel_map(fn, items, num_workers: int):
