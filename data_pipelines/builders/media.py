@@ -146,6 +146,7 @@ def iter_video_frames(path: str, conversions: Conversions) -> Iterator[np.ndarra
         if not container.streams.video:
             raise BadInputError(path, "no video stream (corrupt or truncated file?)")
         stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame- and slice-threaded decoding inside FFmpeg
         declared = int(stream.frames or 0)
         count = 0
         try:
