@@ -37,9 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 with one error line for bad input)."""
     args = parse_args(argv)
     try:
-        check_dtype(args.dtype)  # before anything slow is imported
+        check_dtype(args.dtype)  # cheap checks before anything slow is imported
         from humandiff.weights import export  # noqa: PLC0415
 
+        export.check_out(args.out, args.overwrite, export.resolve_checkpoint(args.checkpoint, args.step)[0])
         t0 = time.perf_counter()
         trained = export.read_checkpoint(args.checkpoint, config=args.config, ema=args.ema, step=args.step)
         written = export.write_export(trained, args.out, dtype=args.dtype, overwrite=args.overwrite)

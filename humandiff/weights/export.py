@@ -373,7 +373,8 @@ def model_card(trained: Trained, dtype: str, components: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _prepare_out(out: str, overwrite: bool, protect: str) -> None:
+def check_out(out: str, overwrite: bool, protect: str) -> None:
+    """Raises ExportError unless `out` may be written (absent, empty, or `overwrite`) and is apart from `protect`."""
     out, protect = os.path.abspath(out), os.path.abspath(protect)
     if protect == out or protect.startswith(out + os.sep) or out.startswith(protect + os.sep):
         raise ExportError(f"--out {out} overlaps the checkpoint {protect}; choose another folder")
@@ -390,7 +391,7 @@ def write_export(trained: Trained, out: str, *, dtype: str = "fp32", overwrite: 
       ExportError: unknown dtype, or `out` exists and is not empty without `overwrite`, or overlaps the checkpoint.
     """
     check_dtype(dtype)
-    _prepare_out(out, overwrite, trained.workdir)
+    check_out(out, overwrite, trained.workdir)
     out = os.path.abspath(out)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
