@@ -38,7 +38,7 @@ _FIXED = {
 }
 # Keys read from config.json that do not change the computation.
 _IGNORED = {"sample_size", "upcast_attention", "addition_embed_type_num_heads"}
-_FIELDS = (
+UNET_FIELDS = (
     "in_channels", "out_channels", "center_input_sample", "flip_sin_to_cos", "freq_shift", "down_block_types",
     "mid_block_type", "up_block_types", "block_out_channels", "layers_per_block", "downsample_padding",
     "mid_block_scale_factor", "norm_num_groups", "norm_eps", "cross_attention_dim", "transformer_layers_per_block",
@@ -115,7 +115,7 @@ class UNet2DConditionModel(nn.Module):
             if key in _FIXED:
                 if _tuple(value) != _FIXED[key] and not (key == "mid_block_only_cross_attention" and value is False):
                     raise ValueError(f"{source}: unsupported {key}={value!r} (supported: {_FIXED[key]!r})")
-            elif key in _FIELDS:
+            elif key in UNET_FIELDS:
                 kwargs[key] = _tuple(value)
             else:
                 raise ValueError(f"{source}: unknown UNet config key {key!r} (value {value!r})")

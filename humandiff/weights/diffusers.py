@@ -8,6 +8,7 @@ every missing / unexpected / mismatched key.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from humandiff.models.unet import UNet2DConditionModel
+from humandiff.models.unet import UNET_FIELDS, UNet2DConditionModel
 from humandiff.models.vae import AutoencoderKL
 from humandiff.weights import io, keymap
 
@@ -77,7 +78,8 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], expected: Mapping[st
 
 def to_state_dict(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
     """Flax params tree -> torch state dict (numpy, float32), the inverse of `params_from_state_dict`."""
-    return keymap.flat_flax_to_state_dict({k: np.asarray(v) for k, v in io.flatten(params).items()}, prefix)
+    flat = {k: np.array(v, dtype=np.float32) for k, v in io.flatten(params).items()}  # writable copies
+    return keymap.flat_flax_to_state_dict(flat, prefix)
 
 
 unet_to_torch = to_state_dict
@@ -107,3 +109,22 @@ def load_vae(path: str, *, allow_pickle: bool = False, **overrides: Any) -> tupl
     module = AutoencoderKL.from_config(config, source=os.path.join(path, "config.json"), **overrides)
     state = io.read_state_dict(path, allow_pickle=allow_pickle)
     return module, params_from_state_dict(state, vae_param_shapes(module), path)
+
+
+def unet_config(module: UNet2DConditionModel) -> dict[str, Any]:
+    """diffusers `config.json` dict for a humandiff UNet (the inverse of `UNet2DConditionModel.from_config`)."""
+    config: dict[str, Any] = {"_class_name": "UNet2DConditionModel"}
+    for key in UNET_FIELDS:
+        value = getattr(module, key)
+        config[key] = list(value) if isinstance(value, tuple) else value
+    return config
+
+
+def save_unet(path: str, module: UNet2DConditionModel, params: Mapping[str, Any]) -> None:
+    """Writes `config.json` + `diffusion_pytorch_model.safetensors` that diffusers' `from_pretrained` reads."""
+    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(unet_config(module), f, indent=2)
+    save_file(to_state_dict(params), os.path.join(path, "diffusion_pytorch_model.safetensors"))
