@@ -17,8 +17,8 @@ from humandiff.models.init import numpy_init
 from humandiff.models.pose_encoder import PoseEncoder
 from humandiff.models.unet import UNet2DConditionModel
 
-TINY = dict(block_out_channels=(16, 32), layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8, attention_head_dim=(2, 4),
+TINY = dict(block_out_channels=(16,), layers_per_block=1, down_block_types=("CrossAttnDownBlock2D",),
+            up_block_types=("CrossAttnUpBlock2D",), cross_attention_dim=8, attention_head_dim=2,
             norm_num_groups=8)
 B, H, W = 2, 8, 6
 
