@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from humandiff.models.attention import SCD_MODES
 from humandiff.models.layers import TimestepEmbedding, conv, group_norm, timestep_embedding
+from humandiff.models.temporal import MotionOptions
 from humandiff.models.unet_blocks import BlockOptions, DownBlock, MidBlock, UpBlock
 
 DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
@@ -68,6 +69,9 @@ class UNet2DConditionModel(nn.Module):
       pose_injection: where `pose_features` are added: "conv_in" (after conv_in) or "input" (latent input).
       dtype: compute dtype (parameters stay float32).
       remat: rematerialise ResNets and transformers in the backward pass.
+      motion_modules: build AnimateDiff-style temporal layers after the spatial ones (video stage); the
+        `motion_*` fields mirror diffusers' `MotionAdapter` config. They are skipped in the reference pass
+        (`scd_mode="write"`): the reference is one image.
     """
 
     sample_size: Any = None
@@ -98,6 +102,12 @@ class UNet2DConditionModel(nn.Module):
     pose_injection: str = "conv_in"
     dtype: Any = jnp.float32
     remat: bool = False
+    motion_modules: bool = False
+    motion_num_attention_heads: Any = 8
+    motion_transformer_layers_per_block: Any = 1
+    motion_transformer_layers_per_mid_block: int = 1
+    motion_max_seq_length: int = 32
+    use_motion_mid_block: bool = True
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, source: str = "UNet config", **overrides: Any):
@@ -137,7 +147,8 @@ class UNet2DConditionModel(nn.Module):
         if len(self.up_block_types) != n or len(self.block_out_channels) != n:
             raise ValueError(f"{source}: down_block_types, up_block_types and block_out_channels must have the same "
                              f"length; got {n}, {len(self.up_block_types)}, {len(self.block_out_channels)}")
-        for key in ("layers_per_block", "transformer_layers_per_block", "attention_head_dim", "cross_attention_dim"):
+        for key in ("layers_per_block", "transformer_layers_per_block", "attention_head_dim", "cross_attention_dim",
+                    "motion_num_attention_heads", "motion_transformer_layers_per_block"):
             _per_level(getattr(self, key), n, key)
         if isinstance(self.cross_attention_dim, (list, tuple)):
             raise ValueError(f"{source}: per-block cross_attention_dim={self.cross_attention_dim} is not supported")
@@ -146,10 +157,21 @@ class UNet2DConditionModel(nn.Module):
         if self.interaction not in ("causal", "full"):
             raise ValueError(f"unknown interaction={self.interaction!r} (supported: 'causal', 'full')")
 
-    def _opts(self, scd_mode: str | None) -> BlockOptions:
+    def _opts(self, scd_mode: str | None, num_frames: int) -> BlockOptions:
         return BlockOptions(self.norm_num_groups, self.norm_eps, self.use_linear_projection,
                             self.resnet_out_scale_factor, scd_mode, self.interaction, self.attention_impl,
-                            self.dtype, self.remat)
+                            self.dtype, self.remat, num_frames)
+
+    def _motion(self, n_levels: int, scd_mode: str | None) -> tuple[list, MotionOptions | None, list]:
+        """Motion options per down level, for the mid block, and per up level (None: no motion modules)."""
+        if not self.motion_modules or scd_mode == "write":
+            return [None] * n_levels, None, [None] * n_levels
+        heads = _per_level(self.motion_num_attention_heads, n_levels, "motion_num_attention_heads")
+        depths = _per_level(self.motion_transformer_layers_per_block, n_levels, "motion_transformer_layers_per_block")
+        down = [MotionOptions(h, d, self.motion_max_seq_length) for h, d in zip(heads, depths)]
+        mid = (MotionOptions(heads[-1], self.motion_transformer_layers_per_mid_block, self.motion_max_seq_length)
+               if self.use_motion_mid_block else None)
+        return down, mid, down[::-1]
 
     @nn.compact
     def __call__(self, sample: jax.Array, timesteps: jax.Array | float, encoder_hidden_states: jax.Array, *,
@@ -179,7 +201,8 @@ class UNet2DConditionModel(nn.Module):
         layers = _per_level(self.layers_per_block, n_levels, "layers_per_block")
         depths = _per_level(self.transformer_layers_per_block, n_levels, "transformer_layers_per_block")
         heads = _per_level(self.attention_head_dim, n_levels, "attention_head_dim")
-        opts = self._opts(scd_mode)
+        opts = self._opts(scd_mode, num_frames)
+        motion_down, motion_mid, motion_up = self._motion(n_levels, scd_mode)
         channels = self.block_out_channels
         n = sample.shape[0]
 
@@ -200,12 +223,13 @@ class UNet2DConditionModel(nn.Module):
 
         skips = [h]
         for i, btype in enumerate(self.down_block_types):
-            h, states = DownBlock(channels[i], layers[i], btype == "CrossAttnDownBlock2D", i < n_levels - 1, heads[i],
-                                  depths[i], self.downsample_padding, opts, name=f"down_blocks_{i}")(
-                                      h, temb, context, ref_keep)
+            block = DownBlock(channels[i], layers[i], btype == "CrossAttnDownBlock2D", i < n_levels - 1, heads[i],
+                              depths[i], self.downsample_padding, opts, motion_down[i], name=f"down_blocks_{i}")
+            h, states = block(h, temb, context, ref_keep)
             skips += states
 
-        h = MidBlock(channels[-1], heads[-1], depths[-1], 1, self.mid_block_scale_factor, opts, name="mid_block")(
+        h = MidBlock(channels[-1], heads[-1], depths[-1], 1, self.mid_block_scale_factor, opts, motion_mid,
+                     name="mid_block")(
             h, temb, context, ref_keep)
 
         rev_layers, rev_depths, rev_heads = layers[::-1], depths[::-1], heads[::-1]
@@ -214,8 +238,9 @@ class UNet2DConditionModel(nn.Module):
             states, skips = skips[-count:], skips[:-count]
             final = i == n_levels - 1
             size = None if final else tuple(skips[-1].shape[1:3])
-            h = UpBlock(channels[::-1][i], count, btype == "CrossAttnUpBlock2D", not final, rev_heads[i],
-                        rev_depths[i], opts, name=f"up_blocks_{i}")(h, states, temb, context, ref_keep, size)
+            block = UpBlock(channels[::-1][i], count, btype == "CrossAttnUpBlock2D", not final, rev_heads[i],
+                            rev_depths[i], opts, motion_up[i], name=f"up_blocks_{i}")
+            h = block(h, states, temb, context, ref_keep, size)
 
         h = nn.silu(group_norm(self.norm_num_groups, self.norm_eps, "conv_norm_out", self.dtype)(h))
         return conv(self.out_channels, self.conv_out_kernel, dtype=self.dtype, name="conv_out")(h)

@@ -2,8 +2,9 @@
 `UpBlock2D`, `CrossAttnUpBlock2D`) with diffusers' submodule names (`resnets_j`, `attentions_j`,
 `downsamplers_0`, `upsamplers_0`).
 
-Video (later): frames travel as `[B*F, h, w, C]` through these spatial layers; a temporal (motion) module goes
-after each `(resnet, attention)` pair, at the marked place, and receives `num_frames`.
+Video: frames travel as `[B*F, h, w, C]` through these spatial layers; when a level has motion options, a temporal
+(motion) module `motion_modules_j` follows each `(resnet, attention)` pair (in the mid block: each attention),
+as in diffusers' `UNetMotionModel`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 
 from humandiff.models.attention import Transformer2DModel
 from humandiff.models.layers import Downsample2D, ResnetBlock2D, Upsample2D
+from humandiff.models.temporal import MotionOptions, TemporalTransformer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +35,7 @@ class BlockOptions:
       attention_impl: attention implementation for self-attention.
       dtype: compute dtype.
       remat: rematerialise each ResNet and transformer in the backward pass.
+      num_frames: frames per video in the batch (used by motion modules).
     """
 
     groups: int = 32
@@ -44,6 +47,7 @@ class BlockOptions:
     attention_impl: str = "auto"
     dtype: Any = jnp.float32
     remat: bool = False
+    num_frames: int = 1
 
 
 def _resnet(opts: BlockOptions, out_channels: int, name: str, scale: float | None = None) -> nn.Module:
@@ -60,6 +64,14 @@ def _transformer(opts: BlockOptions, channels: int, heads: int, depth: int, name
                opts.interaction, opts.attention_impl, dtype=opts.dtype, name=name)
 
 
+def _motion(opts: BlockOptions, motion: MotionOptions | None, x: jax.Array, name: str) -> jax.Array:
+    if motion is None:
+        return x
+    cls = nn.remat(TemporalTransformer) if opts.remat else TemporalTransformer
+    return cls(motion.heads, motion.depth, opts.groups, motion.max_seq_length, opts.num_frames, dtype=opts.dtype,
+               name=name)(x)
+
+
 class DownBlock(nn.Module):
     """`CrossAttnDownBlock2D` (cross_attention=True) or `DownBlock2D`. Returns (h, skip states)."""
 
@@ -71,6 +83,7 @@ class DownBlock(nn.Module):
     depth: int = 1
     downsample_padding: int = 1
     opts: BlockOptions = BlockOptions()
+    motion: MotionOptions | None = None
 
     @nn.compact
     def __call__(self, h: jax.Array, temb: jax.Array, context: jax.Array | None,
@@ -81,7 +94,7 @@ class DownBlock(nn.Module):
             if self.cross_attention:
                 h = _transformer(self.opts, self.out_channels, self.heads, self.depth, f"attentions_{j}")(
                     h, context, ref_keep)
-            # (video) motion_modules_{j} goes here.
+            h = _motion(self.opts, self.motion, h, f"motion_modules_{j}")
             skips.append(h)
         if self.add_downsample:
             h = Downsample2D(self.out_channels, self.downsample_padding, self.opts.dtype, name="downsamplers_0")(h)
@@ -98,6 +111,7 @@ class MidBlock(nn.Module):
     num_layers: int = 1
     scale: float = 1.0
     opts: BlockOptions = BlockOptions()
+    motion: MotionOptions | None = None
 
     @nn.compact
     def __call__(self, h: jax.Array, temb: jax.Array, context: jax.Array | None,
@@ -105,6 +119,7 @@ class MidBlock(nn.Module):
         h = _resnet(self.opts, self.channels, "resnets_0", self.scale)(h, temb)
         for j in range(self.num_layers):
             h = _transformer(self.opts, self.channels, self.heads, self.depth, f"attentions_{j}")(h, context, ref_keep)
+            h = _motion(self.opts, self.motion, h, f"motion_modules_{j}")
             h = _resnet(self.opts, self.channels, f"resnets_{j + 1}", self.scale)(h, temb)
         return h
 
@@ -119,6 +134,7 @@ class UpBlock(nn.Module):
     heads: int = 8
     depth: int = 1
     opts: BlockOptions = BlockOptions()
+    motion: MotionOptions | None = None
 
     @nn.compact
     def __call__(self, h: jax.Array, skips: list[jax.Array], temb: jax.Array, context: jax.Array | None,
@@ -132,7 +148,7 @@ class UpBlock(nn.Module):
             if self.cross_attention:
                 h = _transformer(self.opts, self.out_channels, self.heads, self.depth, f"attentions_{j}")(
                     h, context, ref_keep)
-            # (video) motion_modules_{j} goes here.
+            h = _motion(self.opts, self.motion, h, f"motion_modules_{j}")
         if self.add_upsample:
             h = Upsample2D(self.out_channels, self.opts.dtype, name="upsamplers_0")(h, upsample_size)
         return h

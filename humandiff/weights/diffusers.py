@@ -86,21 +86,33 @@ unet_to_torch = to_state_dict
 vae_to_torch = to_state_dict
 
 
-def load_unet(path: str, *, allow_pickle: bool = False, **overrides: Any) -> tuple[UNet2DConditionModel, dict]:
-    """Loads a diffusers `UNet2DConditionModel` folder (e.g. `<sd15>/unet`).
+def load_unet(path: str, *, motion_adapter: str | None = None, allow_pickle: bool = False,
+              **overrides: Any) -> tuple[UNet2DConditionModel, dict]:
+    """Loads a diffusers `UNet2DConditionModel` folder (e.g. `<sd15>/unet`), optionally with motion modules.
 
     Args:
       path: folder with `config.json` and `diffusion_pytorch_model*.safetensors`.
-      allow_pickle: opt in to `.bin` weights (read with `torch.load(weights_only=True)`).
-      **overrides: humandiff fields (attention_impl, interaction, pose_injection, dtype, remat).
+      motion_adapter: optional diffusers `MotionAdapter` folder or original AnimateDiff motion-module file; the
+        UNet is then built with `motion_modules=True` and the adapter's motion fields.
+      allow_pickle: opt in to `.bin/.ckpt` weights (read with `torch.load(weights_only=True)`).
+      **overrides: humandiff fields (attention_impl, interaction, pose_injection, dtype, remat, motion_*).
 
     Returns:
       `(module, params)`.
     """
     config = io.read_config(path)
-    module = UNet2DConditionModel.from_config(config, source=os.path.join(path, "config.json"), **overrides)
     state = io.read_state_dict(path, allow_pickle=allow_pickle)
-    return module, params_from_state_dict(state, unet_param_shapes(module), path)
+    source = path
+    if motion_adapter is not None:
+        from humandiff.weights.motion import read_motion_adapter  # pylint: disable=import-outside-toplevel
+
+        fields, motion_state = read_motion_adapter(motion_adapter, allow_pickle=allow_pickle)
+        fields.pop("_adapter_config", None)
+        overrides = {"motion_modules": True, **fields, **overrides}
+        state = {**state, **motion_state}
+        source = f"{path} + {motion_adapter}"
+    module = UNet2DConditionModel.from_config(config, source=os.path.join(path, "config.json"), **overrides)
+    return module, params_from_state_dict(state, unet_param_shapes(module), source)
 
 
 def load_vae(path: str, *, allow_pickle: bool = False, **overrides: Any) -> tuple[AutoencoderKL, dict]:

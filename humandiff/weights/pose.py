@@ -61,6 +61,6 @@ def load_pose_encoder_from_controlnet(path: str, *, out_channels: int = 320, kee
         expected = {k: v for k, v in expected.items() if not k.startswith("conv_out/")}
     params = params_from_state_dict(state, expected, path, prefix=CONTROLNET_PREFIX)
     if not keep_conv_out:
-        params["conv_out"] = {k: jnp.zeros(v) for k, v in
-                              {"kernel": pose_encoder_shapes(module)["conv_out/kernel"], "bias": (out_channels,)}.items()}
+        kernel = pose_encoder_shapes(module)["conv_out/kernel"]
+        params["conv_out"] = {"kernel": jnp.zeros(kernel), "bias": jnp.zeros((out_channels,))}
     return module, params
