@@ -234,7 +234,10 @@ def write_unet(folder: str, unet: Any, params: Mapping, dtype: str) -> None:
     from humandiff.weights.diffusers import to_state_dict, unet_config  # noqa: PLC0415
 
     spatial, _ = split_motion(params)
-    _write_json(os.path.join(folder, "config.json"), unet_config(unet))
+    config = unet_config(unet)
+    if getattr(unet, "sample_size", None) is not None:  # diffusers pipelines read their default size from it
+        config["sample_size"] = unet.sample_size
+    _write_json(os.path.join(folder, "config.json"), config)
     _save(os.path.join(folder, WEIGHTS_NAME), to_state_dict(spatial), dtype)
 
 

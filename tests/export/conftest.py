@@ -46,14 +46,24 @@ def tiny_config():
     return config
 
 
-def _randomise(tree, seed, scale, base=None):
-    """`base + scale * N(0, 1)` per leaf (numpy: no XLA compile), with `tree` giving shapes."""
-    leaves, treedef = jax.tree.flatten(tree)
-    base_leaves = jax.tree.leaves(base) if base is not None else [np.zeros(x.shape, np.float32) for x in leaves]
+def _randomise(tree, seed, scale=None, base=None):
+    """Random params with `tree`'s shapes (numpy: no XLA compile): lecun-normal kernels, scales near 1, small
+    non-zero biases (zero-initialised convs included); with `base`, `base + scale * N(0, 1)` instead."""
     rng = np.random.default_rng(seed)
-    out = [np.asarray(b) + scale * rng.standard_normal(x.shape).astype(np.float32)
-           for x, b in zip(leaves, base_leaves)]
-    return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in out])
+
+    def one(path, leaf, b=None):
+        if b is not None:
+            return jnp.asarray(np.asarray(b) + scale * rng.standard_normal(leaf.shape).astype(np.float32))
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "kernel":
+            value = rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+        else:
+            value = (name == "scale") + 0.1 * rng.standard_normal(leaf.shape)
+        return jnp.asarray(value.astype(np.float32))
+
+    if base is None:
+        return jax.tree_util.tree_map_with_path(one, tree)
+    return jax.tree_util.tree_map_with_path(one, tree, base)
 
 
 def write_checkpoint(workdir, config, *, step=STEP, with_config_json=True):
@@ -62,7 +72,7 @@ def write_checkpoint(workdir, config, *, step=STEP, with_config_json=True):
 
     models, _ = modeling.build(config)
     shapes = jax.eval_shape(lambda k: modeling.init_params(models, config, k), jax.random.key(0))
-    params = _randomise(shapes, 0, 0.1)
+    params = _randomise(shapes, 0)
     ema = _randomise(shapes, 1, 0.01, base=params)
     tx = optim.make_optimizer(config)
     state = train_step.init_state(params, tx, config.optim.ema_decay)

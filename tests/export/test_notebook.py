@@ -17,6 +17,7 @@ pytest.importorskip("ipykernel")
 NOTEBOOK = os.path.join(ROOT, "notebooks", "sample.ipynb")
 
 
+@pytest.mark.slow  # ~45-60 s on a busy 2-core CPU (kernel start, one JAX sampler compile, torch import)
 def test_notebook_runs_top_to_bottom(tiny_ckpt, tmp_path, monkeypatch):
     out = tmp_path / "nb_out"
     env = {"HUMANDIFF_CHECKPOINT": tiny_ckpt[0], "HUMANDIFF_OUT": str(out), "HUMANDIFF_STEPS": "3",
