@@ -67,23 +67,32 @@ def _randomise(tree, seed, scale=None, base=None):
 
 
 def write_checkpoint(workdir, config, *, step=STEP, with_config_json=True):
-    """Saves random params (and a different EMA) exactly as the trainer does; returns the params and EMA."""
+    """Saves random params (and a different EMA) exactly as the trainer does: the trainable tree in
+    `checkpoints/<step>/state`, frozen parameters that are not loaded from a pretrained folder in `frozen/`.
+
+    Returns:
+      `(models, params, ema)`: the full parameter tree the export should produce, raw and with the EMA.
+    """
     from humandiff.training import checkpoint, modeling, optim, step as train_step  # noqa: PLC0415
 
-    models, _ = modeling.build(config)
+    models, pretrained = modeling.build(config)
     shapes = jax.eval_shape(lambda k: modeling.init_params(models, config, k), jax.random.key(0))
-    params = _randomise(shapes, 0)
-    ema = _randomise(shapes, 1, 0.01, base=params)
+    params = dict(_randomise(shapes, 0))
+    params.update({k: jax.tree.map(jnp.asarray, v) for k, v in pretrained.items()})
+    mask = optim.trainable_mask(params, tuple(config.optim.trainable), tuple(config.optim.frozen))
+    trainable, frozen = optim.split(params, mask)
+    ema = _randomise(trainable, 1, 0.01, base=trainable)
     tx = optim.make_optimizer(config)
-    state = train_step.init_state(params, tx, config.optim.ema_decay)
+    state = train_step.init_state(trainable, tx, config.optim.ema_decay)
     state = dict(state, ema=ema, step=jnp.asarray(step, jnp.int32))
     ckpt = checkpoint.Checkpointer(str(workdir), every=1, keep=1, async_save=False)
     ckpt.save(step, state, force=True)
+    ckpt.save_frozen_once({k: v for k, v in frozen.items() if k not in pretrained})
     ckpt.close()
     if with_config_json:
         with open(os.path.join(str(workdir), "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort())
-    return models, params, ema
+    return models, params, optim.merge(ema, frozen)
 
 
 @pytest.fixture(scope="session")
