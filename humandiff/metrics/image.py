@@ -112,9 +112,15 @@ def _window_mean(x: Array, size: int, axes: tuple[int, int]) -> Array:
         n = x.shape[a] - size + 1
         acc = 0.0
         for k in range(size):
-            acc = acc + xp.take(x, xp.arange(k, k + n), axis=a)
+            acc = acc + x[_slice_along(x.ndim, a, k, k + n)]
         x = acc
     return x / float(size * size)
+
+
+def _slice_along(ndim: int, axis: int, start: int, stop: int) -> tuple[slice, ...]:
+    index = [slice(None)] * ndim
+    index[axis] = slice(start, stop)
+    return tuple(index)
 
 
 def _gaussian_mean(x: Array, sigma: float, axes: tuple[int, int]) -> Array:
@@ -132,7 +138,7 @@ def _gaussian_mean(x: Array, sigma: float, axes: tuple[int, int]) -> Array:
         n = x.shape[a] - 2 * radius
         acc = 0.0
         for k in range(2 * radius + 1):
-            acc = acc + float(w[k]) * xp.take(x, xp.arange(k, k + n), axis=a)
+            acc = acc + float(w[k]) * x[_slice_along(x.ndim, a, k, k + n)]
         x = acc
     return x
 

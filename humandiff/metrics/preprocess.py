@@ -1,0 +1,46 @@
+"""Host-side preprocessing for the feature networks: clean-fid resizing and 16-frame clips."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+CLIP_LEN = 16
+
+
+def resize_bicubic(image: np.ndarray, size: int) -> np.ndarray:
+    """clean-fid's resize (DisCo's FID, FID-VID and FVD inputs): each channel as a float32 PIL image, bicubic.
+
+    Args:
+      image: uint8 `[H, W, C]`.
+      size: output side (square).
+
+    Returns:
+      float32 `[size, size, C]` in 0-255 (clipped), not quantised.
+    """
+    if image.shape[0] == size and image.shape[1] == size:
+        return image.astype(np.float32)
+    out = [
+        np.asarray(Image.fromarray(image[..., c].astype(np.float32)).resize((size, size), Image.BICUBIC))
+        for c in range(image.shape[-1])
+    ]
+    return np.clip(np.stack(out, axis=-1), 0.0, 255.0)
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """`resize_bicubic` over `[T, H, W, C]`."""
+    return np.stack([resize_bicubic(f, size) for f in frames])
+
+
+def split_clips(frames: np.ndarray, clip_len: int = CLIP_LEN) -> np.ndarray:
+    """Consecutive non-overlapping clips `[n, clip_len, ...]` of a video `[T, ...]`.
+
+    A tail shorter than `clip_len` is dropped, except when the whole video is shorter: then its last frame is
+    repeated (as DisCo pads FID-VID segments), so every video gives at least one clip.
+    """
+    t = frames.shape[0]
+    if t < clip_len:
+        frames = np.concatenate([frames, np.repeat(frames[-1:], clip_len - t, axis=0)])
+        t = clip_len
+    n = t // clip_len
+    return frames[: n * clip_len].reshape((n, clip_len) + frames.shape[1:])
