@@ -14,6 +14,7 @@ Per-frame metrics are averaged over all frames of all videos (DisCo averages per
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -97,6 +98,12 @@ def pair_videos(pred_dir: str, gt_dir: str, split: str | None) -> list[tuple[str
     return [(i, pred[i], gt[i]) for i in ids]
 
 
+@functools.cache
+def _jitted_apply(module: Any):
+    """One jitted `apply` per (hashable) module, so repeated evaluations in a process compile once."""
+    return jax.jit(module.apply)
+
+
 class _Networks:
     """Loads the feature networks that are needed and runs them in fixed-size jitted batches."""
 
@@ -122,7 +129,7 @@ class _Networks:
             path = os.path.join(config.weights_dir, weights.WEIGHT_FILES[NETWORK_OF[m]])
             example = [jax.ShapeDtypeStruct(shape, jnp.float32)] * n_in
             params = weights.load_params(path, module, *example)
-            self.apply[m] = (jax.jit(module.apply), params)
+            self.apply[m] = (_jitted_apply(module), params)
 
     def __call__(self, metric: str, *inputs: np.ndarray) -> np.ndarray:
         fn, params = self.apply[metric]
@@ -131,8 +138,9 @@ class _Networks:
         for s in range(0, n, bs):
             chunk = [x[s:s + bs] for x in inputs]
             k = chunk[0].shape[0]
-            if k < bs:  # pad to the fixed batch so each network compiles once
-                chunk = [np.concatenate([c, np.zeros((bs - k,) + c.shape[1:], c.dtype)]) for c in chunk]
+            padded = min(bs, 1 << (k - 1).bit_length())  # power-of-two buckets: few compiles, little waste
+            if k < padded:
+                chunk = [np.concatenate([c, np.zeros((padded - k,) + c.shape[1:], c.dtype)]) for c in chunk]
             outs.append(np.asarray(fn(params, *[jnp.asarray(c, jnp.float32) for c in chunk]))[:k])
         return np.concatenate(outs)
 

@@ -29,7 +29,7 @@ WEIGHT_FILES = {
     "r3d50": "r3d50_kinetics.safetensors",
 }
 SOURCE_FILES = {
-    "lpips": "vgg16-397923af.pth + vgg.pth (lpips/weights/v0.1/vgg.pth)",
+    "lpips": "vgg16-397923af.pth vgg.pth",
     "inception": "pt_inception-2015-12-05-6726825d.pth",
     "i3d": "i3d_pretrained_400.pt",
     "r3d50": "resnet-50-kinetics.pth",
