@@ -32,6 +32,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default=None, help="tiktok | ubc_fashion | a text file of video ids")
     parser.add_argument("--out", default=None, help="output folder for metrics.json and metrics.md")
     parser.add_argument("--batch-size", type=int, default=16, help="frames or clips per network call")
+    parser.add_argument("--video-samples", default="clips", choices=("clips", "videos"),
+                        help="FID-VID/FVD samples: every 16-frame clip, or one per whole video (DisCo on long videos)")
     return parser.parse_args(argv)
 
 
@@ -41,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
     config = suite.EvalConfig(protocol=args.protocol, weights_dir=args.weights, metrics=metrics, split=args.split,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, video_samples=args.video_samples)
     try:
         result = suite.evaluate(args.pred, args.gt, config)
     except (ValueError, FileNotFoundError, WeightsError) as e:

@@ -16,7 +16,8 @@ def resize_bicubic(image: np.ndarray, size: int) -> np.ndarray:
       size: output side (square).
 
     Returns:
-      float32 `[size, size, C]` in 0-255 (clipped), not quantised.
+      float32 `[size, size, C]`, not quantised and not clipped (bicubic overshoot is kept, as in DisCo's
+      `tool/metrics/resize.py`).
     """
     if image.shape[0] == size and image.shape[1] == size:
         return image.astype(np.float32)
@@ -24,7 +25,7 @@ def resize_bicubic(image: np.ndarray, size: int) -> np.ndarray:
         np.asarray(Image.fromarray(image[..., c].astype(np.float32)).resize((size, size), Image.BICUBIC))
         for c in range(image.shape[-1])
     ]
-    return np.clip(np.stack(out, axis=-1), 0.0, 255.0)
+    return np.stack(out, axis=-1)
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
@@ -44,3 +45,11 @@ def split_clips(frames: np.ndarray, clip_len: int = CLIP_LEN) -> np.ndarray:
         t = clip_len
     n = t // clip_len
     return frames[: n * clip_len].reshape((n, clip_len) + frames.shape[1:])
+
+
+def pad_to_clips(frames: np.ndarray, clip_len: int = CLIP_LEN) -> np.ndarray:
+    """DisCo's FID-VID segmentation: repeat the last frame up to a multiple of `clip_len`, then split."""
+    extra = (-frames.shape[0]) % clip_len
+    if extra:
+        frames = np.concatenate([frames, np.repeat(frames[-1:], extra, axis=0)])
+    return frames.reshape((-1, clip_len) + frames.shape[1:])

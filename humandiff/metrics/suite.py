@@ -50,10 +50,13 @@ class EvalConfig:
     fvd_size: int = 224  # I3D input side
     clip_len: int = preprocess.CLIP_LEN  # frames per FID-VID / FVD clip
     batch_size: int = 16  # frames (or clips) per network call
+    video_samples: str = "clips"  # clips: every 16-frame clip is a sample | videos: one sample per video (DisCo)
 
 
 def _select(config: EvalConfig) -> tuple[list[str], dict[str, str]]:
     """Metrics to run and metrics skipped (with reasons); explicit requests with missing weights raise."""
+    if config.video_samples not in ("clips", "videos"):
+        raise ValueError(f"video_samples must be 'clips' or 'videos', got {config.video_samples!r}")
     if config.protocol not in PROTOCOL_METRICS:
         raise ValueError(f"unknown protocol {config.protocol!r}; expected one of {sorted(PROTOCOL_METRICS)}")
     allowed = PROTOCOL_METRICS[config.protocol]
@@ -160,16 +163,25 @@ def _frame_scores(protocol: str, metrics: Sequence[str], p: np.ndarray, g: np.nd
 
 
 def _video_features(nets: _Networks, config: EvalConfig, m: str, frames: np.ndarray) -> np.ndarray:
+    """Feature rows of one video: one per frame (FID), per clip, or per video (`video_samples="videos"`).
+
+    `videos` reproduces DisCo on whole videos: FID-VID averages the features of the video's 16-frame segments
+    (last frame repeated to fill the final one); FVD runs I3D once over all frames. DisCo feeds 16-frame GIFs,
+    for which both modes agree.
+    """
     if m == "fid":
         x = preprocess.resize_frames(frames, config.fid_size)
         return nets(m, (x - 128.0) / 128.0)
-    size = config.fid_vid_size if m == "fid_vid" else config.fvd_size
-    clips = preprocess.split_clips(preprocess.resize_frames(frames, size), config.clip_len)
+    per_video = config.video_samples == "videos"
     if m == "fid_vid":
         from humandiff.metrics.r3d import KINETICS_MEAN  # pylint: disable=import-outside-toplevel
 
-        return nets(m, clips - np.asarray(KINETICS_MEAN, np.float32))
-    return nets(m, clips / 127.5 - 1.0)
+        x = preprocess.resize_frames(frames, config.fid_vid_size) - np.asarray(KINETICS_MEAN, np.float32)
+        if per_video:
+            return nets(m, preprocess.pad_to_clips(x, config.clip_len)).mean(axis=0, keepdims=True)
+        return nets(m, preprocess.split_clips(x, config.clip_len))
+    x = preprocess.resize_frames(frames, config.fvd_size) / 127.5 - 1.0
+    return nets(m, x[None] if per_video else preprocess.split_clips(x, config.clip_len))
 
 
 def evaluate(pred_dir: str, gt_dir: str, config: EvalConfig) -> dict[str, Any]:
@@ -209,7 +221,8 @@ def evaluate(pred_dir: str, gt_dir: str, config: EvalConfig) -> dict[str, Any]:
             values[m] = frechet_from_features(np.concatenate(feats[m][0]), np.concatenate(feats[m][1]))
     ordered = {m: values[m] for m in ALL_METRICS if m in values}
     return {"protocol": config.protocol, "split": config.split, "num_videos": len(pairs), "num_frames": num_frames,
-            "resolution": resolution, "clip_len": config.clip_len, "metrics": ordered, "skipped": skipped,
+            "resolution": resolution, "clip_len": config.clip_len,
+            "video_samples": config.video_samples, "metrics": ordered, "skipped": skipped,
             "videos": [v for v, _, _ in pairs]}
 
 

@@ -6,6 +6,7 @@ sizes through `suite.evaluate` so the whole path (resize, clips, features, Fréc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -114,10 +115,14 @@ def test_cli_table_without_network_weights(data, capsys):
     assert "| L1 |" in capsys.readouterr().out
 
 
-def test_lpips_network_path(data, weights_dir):
-    config = suite.EvalConfig(protocol="disco", weights_dir=weights_dir, metrics=("l1", "lpips"), batch_size=16)
+def test_lpips_network_path(data, weights_dir, tmp_path):
+    split = tmp_path / "one_video.txt"
+    split.write_text("# a split file: one id per line\n00001\n")
+    config = suite.EvalConfig(protocol="disco", weights_dir=weights_dir, metrics=("l1", "lpips"), batch_size=16,
+                              split=str(split))
     result = suite.evaluate(str(data / "pred"), str(data / "gt"), config)
     assert list(result["metrics"]) == ["l1", "lpips"] and not result["skipped"]
+    assert result["videos"] == ["00001"] and result["num_frames"] == T
     assert result["metrics"]["lpips"] > 0
     same = suite.evaluate(str(data / "gt"), str(data / "gt"), config)
     assert abs(same["metrics"]["lpips"]) <= 1e-6
@@ -148,6 +153,9 @@ def test_all_metrics_with_random_weights(data, all_weights_dir):
     assert all(np.isfinite(v) for v in result["metrics"].values())
     md = suite.markdown_table(result)
     assert "| L1 | PSNR (legacy) | PSNR* | SSIM | LPIPS | FID | FID-VID | FVD |" in md
+    per_video = suite.evaluate(str(data / "pred"), str(data / "gt"), dataclasses.replace(
+        config, metrics=("fid_vid", "fvd"), video_samples="videos"))
+    assert all(np.isfinite(v) for v in per_video["metrics"].values())
 
 
 def _run_error(args, capsys) -> str:
