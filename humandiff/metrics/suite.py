@@ -170,8 +170,9 @@ def _video_features(nets: _Networks, config: EvalConfig, m: str, frames: np.ndar
     for which both modes agree.
     """
     if m == "fid":
-        x = preprocess.resize_frames(frames, config.fid_size)
-        return nets(m, (x - 128.0) / 128.0)
+        from humandiff.metrics.inception import normalize_for_inception  # pylint: disable=import-outside-toplevel
+
+        return nets(m, np.asarray(normalize_for_inception(preprocess.resize_frames(frames, config.fid_size))))
     per_video = config.video_samples == "videos"
     if m == "fid_vid":
         from humandiff.metrics.r3d import KINETICS_MEAN  # pylint: disable=import-outside-toplevel

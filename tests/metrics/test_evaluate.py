@@ -12,7 +12,6 @@ import os
 
 import av
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
