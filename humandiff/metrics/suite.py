@@ -68,11 +68,10 @@ def _select(config: EvalConfig) -> tuple[list[str], dict[str, str]]:
     for m in requested:
         net = NETWORK_OF.get(m)
         if net is not None:
-            path = os.path.join(config.weights_dir or "", weights.WEIGHT_FILES[net])
+            path = os.path.join(config.weights_dir or "WEIGHTS_DIR", weights.WEIGHT_FILES[net])
             if config.weights_dir is None or not os.path.isfile(path):
-                hint = (f"expected {path if config.weights_dir else '--weights DIR/' + weights.WEIGHT_FILES[net]}; "
-                        f"create it with `python -m humandiff.metrics.convert --net {net} --src "
-                        f"{weights.SOURCE_FILES[net]} --out {weights.WEIGHT_FILES[net]} --allow-pickle`")
+                hint = (f"expected {path} (pass --weights); create it with `python -m humandiff.metrics.convert "
+                        f"--net {net} --src {weights.SOURCE_FILES[net]} --out {path} --allow-pickle`")
                 if config.metrics:
                     raise WeightsError(f"metric {m!r} was requested but its weights file is missing: {hint}")
                 skipped[m] = f"weights missing: {hint}"
