@@ -69,7 +69,7 @@ def _motion(opts: BlockOptions, motion: MotionOptions | None, x: jax.Array, name
         return x
     cls = nn.remat(TemporalTransformer) if opts.remat else TemporalTransformer
     return cls(motion.heads, motion.depth, opts.groups, motion.max_seq_length, opts.num_frames, dtype=opts.dtype,
-               name=name)(x)
+               norm=motion.norm, name=name)(x)
 
 
 class DownBlock(nn.Module):
