@@ -76,6 +76,12 @@ def _drop_positions(state: Mapping[str, np.ndarray], max_seq_length: int, source
             if value.ndim != 3 or value.shape[1] < max_seq_length:
                 raise io.WeightsError(f"{source}: {key} has shape {tuple(value.shape)}; expected [1, >= "
                                       f"{max_seq_length}, dim] (motion_max_seq_length={max_seq_length})")
+            # Dropping is safe only for the fixed sinusoids; a learned table would be silently lost.
+            table = frame_positions(value.shape[1], value.shape[2])[None]
+            if not np.allclose(np.asarray(value, np.float32), table, rtol=0, atol=1e-4):
+                raise io.WeightsError(f"{source}: {key} is not the sinusoidal frame-position table (max |diff| "
+                                      f"{float(np.abs(value - table).max()):.3g}); learned position tables are not "
+                                      "supported")
             continue
         out[key] = value
     return out
@@ -135,10 +141,10 @@ def read_motion_adapter(path: str, *, allow_pickle: bool = False,
         lengths = [v.shape[1] for k, v in raw.items() if _POS_KEY.search(k) and v.ndim == 3]
         unet_fields = {"motion_max_seq_length": min(lengths) if lengths else 32, "motion_norm": "frame",
                        **_layout_from_keys(raw)}
-        state = original_to_diffusers(raw)
+        state = raw
     unet_fields.update(fields)
     state = _drop_positions(state, unet_fields.get("motion_max_seq_length", 32), path)
-    return unet_fields, state
+    return unet_fields, state if os.path.isdir(path) else original_to_diffusers(state)
 
 
 def motion_to_torch(params: Mapping[str, Any], *, layout: str = "diffusers",
