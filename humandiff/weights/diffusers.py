@@ -107,7 +107,11 @@ def load_unet(path: str, *, motion_adapter: str | None = None, allow_pickle: boo
         from humandiff.weights.motion import read_motion_adapter  # pylint: disable=import-outside-toplevel
 
         fields, motion_state = read_motion_adapter(motion_adapter, allow_pickle=allow_pickle)
-        fields.pop("_adapter_config", None)
+        adapter = fields.pop("_adapter_config", {})
+        groups = adapter.get("motion_norm_num_groups", config.get("norm_num_groups", 32))
+        if groups != config.get("norm_num_groups", 32):  # motion modules use the UNet's group count
+            raise io.WeightsError(f"{motion_adapter}: motion_norm_num_groups={groups} differs from the UNet's "
+                                  f"norm_num_groups={config.get('norm_num_groups', 32)} ({path})")
         overrides = {"motion_modules": True, **fields, **overrides}
         state = {**state, **motion_state}
         source = f"{path} + {motion_adapter}"

@@ -119,6 +119,10 @@ def test_validator_names_missing_unexpected_and_mismatched_keys(folders, tmp_pat
     save_file(learned, str(tmp_path / "learned.safetensors"))
     with pytest.raises(io.WeightsError, match=r"learned\.safetensors: .*pos_encoder\.pe is not the sinusoidal"):
         read_motion_adapter(str(tmp_path / "learned.safetensors"))
+    groups = tmp_path / "groups"
+    diffusers.MotionAdapter(**{**ADAPTER, "motion_norm_num_groups": 4}).save_pretrained(groups)
+    with pytest.raises(io.WeightsError, match="motion_norm_num_groups=4 differs from the UNet's norm_num_groups=8"):
+        load_unet(str(root / "unet"), motion_adapter=str(groups))
     save_file({"conv_in.weight": np.zeros((1,), np.float32)}, str(tmp_path / "unet_only.safetensors"))
     with pytest.raises(io.WeightsError, match="no '.*motion_modules.*' keys"):
         read_motion_adapter(str(tmp_path / "unet_only.safetensors"))
