@@ -203,6 +203,9 @@ class UNet2DConditionModel(nn.Module):
         n_levels = len(self.down_block_types)
         if sample.shape[0] % num_frames:
             raise ValueError(f"batch {sample.shape[0]} is not a multiple of num_frames={num_frames}")
+        if scd_mode == "joint" and num_frames > 1:
+            raise ValueError(f"scd_mode='joint' pairs one reference with one target entry; for num_frames={num_frames}"
+                             " use the two-pass form (scd_mode='write' then 'read'), whose cache serves every frame")
         layers = _per_level(self.layers_per_block, n_levels, "layers_per_block")
         depths = _per_level(self.transformer_layers_per_block, n_levels, "transformer_layers_per_block")
         heads = _per_level(self.attention_head_dim, n_levels, "attention_head_dim")
