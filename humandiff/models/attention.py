@@ -53,6 +53,7 @@ class Attention(nn.Module):
       scd_mode: None | "write" | "read" | "joint" (self-attention only).
       interaction: "causal" | "full", used by the joint form.
       attention_impl: implementation passed to `humandiff.ops.attention`.
+      attention_config: optional `AttentionConfig` (tiles, thresholds) for that implementation.
       qkv_bias: biases on the q/k/v projections.
       dtype: compute dtype.
     """
@@ -63,6 +64,7 @@ class Attention(nn.Module):
     scd_mode: str | None = None
     interaction: str = "causal"
     attention_impl: str = "auto"
+    attention_config: Any = None
     qkv_bias: bool = False
     dtype: Dtype = jnp.float32
 
@@ -87,14 +89,15 @@ class Attention(nn.Module):
         if mode == "write":
             self.put_variable("ref_kv", "k", k)
             self.put_variable("ref_kv", "v", v)
-            return attn_ops.attention(q, k, v, impl=self.attention_impl)
+            return attn_ops.attention(q, k, v, impl=self.attention_impl, config=self.attention_config)
         if mode == "read":
             if not self.has_variable("ref_kv", "k"):
                 raise ValueError(f"scd_mode='read' but no reference K/V for layer {'/'.join(self.scope.path)}: pass "
                                  "the 'ref_kv' collection from the reference pass (scd_mode='write')")
             k_ref = self.get_variable("ref_kv", "k")
             v_ref = self.get_variable("ref_kv", "v")
-            return attn_ops.attention_cached(q, k, v, k_ref, v_ref, ref_keep=ref_keep, impl=self.attention_impl)
+            return attn_ops.attention_cached(q, k, v, k_ref, v_ref, ref_keep=ref_keep, impl=self.attention_impl,
+                                             config=self.attention_config)
         if mode == "joint":
             n, length = q.shape[:2]
             if n % 2:
@@ -102,7 +105,8 @@ class Attention(nn.Module):
             b = n // 2
             pair = lambda t: jnp.concatenate([t[:b], t[b:]], axis=1)  # noqa: E731  [B, 2L, H, D], ref first
             out = attn_ops.attention(pair(q), pair(k), pair(v), n_ref=length, interaction=self.interaction,
-                                     ref_keep=joint_ref_keep(ref_keep, b), impl=self.attention_impl)
+                                     ref_keep=joint_ref_keep(ref_keep, b), impl=self.attention_impl,
+                                     config=self.attention_config)
             return jnp.concatenate([out[:, :length], out[:, length:]], axis=0)
         raise ValueError(f"unknown scd_mode {mode!r}; expected one of {SCD_MODES}")
 
@@ -140,13 +144,14 @@ class BasicTransformerBlock(nn.Module):
     scd_mode: str | None = None
     interaction: str = "causal"
     attention_impl: str = "auto"
+    attention_config: Any = None
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None, ref_keep: jax.Array | None = None) -> jax.Array:
         norm = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)  # noqa: E731
         x = x + Attention(self.heads, self.dim_head, True, self.scd_mode, self.interaction, self.attention_impl,
-                          dtype=self.dtype, name="attn1")(norm("norm1")(x), ref_keep=ref_keep)
+                          self.attention_config, dtype=self.dtype, name="attn1")(norm("norm1")(x), ref_keep=ref_keep)
         x = x + Attention(self.heads, self.dim_head, False, dtype=self.dtype, name="attn2")(norm("norm2")(x), context)
         return x + FeedForward(dtype=self.dtype, name="ff")(norm("norm3")(x))
 
@@ -160,7 +165,7 @@ class Transformer2DModel(nn.Module):
       depth: number of `transformer_blocks`.
       groups: GroupNorm groups (`norm_num_groups`).
       use_linear_projection: `proj_in`/`proj_out` as Linear (True) or 1x1 conv (False).
-      scd_mode, interaction, attention_impl: passed to every `attn1`.
+      scd_mode, interaction, attention_impl, attention_config: passed to every `attn1`.
       dtype: compute dtype.
     """
 
@@ -172,6 +177,7 @@ class Transformer2DModel(nn.Module):
     scd_mode: str | None = None
     interaction: str = "causal"
     attention_impl: str = "auto"
+    attention_config: Any = None
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -187,6 +193,6 @@ class Transformer2DModel(nn.Module):
         x = proj(inner, "proj_in")(x).reshape(n, h * w, inner)
         for i in range(self.depth):
             x = BasicTransformerBlock(self.heads, self.dim_head, self.scd_mode, self.interaction, self.attention_impl,
-                                      dtype=self.dtype, name=f"transformer_blocks_{i}")(x, context, ref_keep)
+                                      self.attention_config, dtype=self.dtype, name=f"transformer_blocks_{i}")(x, context, ref_keep)
         x = proj(c, "proj_out")(x.reshape(n, h, w, inner))
         return x + residual.astype(x.dtype)

@@ -65,6 +65,7 @@ class UNet2DConditionModel(nn.Module):
 
     Attributes (beyond diffusers'):
       attention_impl: self-attention implementation ("auto", "xla", ... see `humandiff.ops.attention`).
+      attention_config: optional `AttentionConfig` (tiles, thresholds, splash variant) for that implementation.
       interaction: "causal" (SCD) or "full" (ablation) for the joint form.
       pose_injection: where `pose_features` are added: "conv_in" (after conv_in) or "input" (latent input).
       dtype: compute dtype (parameters stay float32).
@@ -99,6 +100,7 @@ class UNet2DConditionModel(nn.Module):
     conv_in_kernel: int = 3
     conv_out_kernel: int = 3
     attention_impl: str = "auto"
+    attention_config: Any = None
     interaction: str = "causal"
     pose_injection: str = "conv_in"
     dtype: Any = jnp.float32
@@ -164,7 +166,7 @@ class UNet2DConditionModel(nn.Module):
     def _opts(self, scd_mode: str | None, num_frames: int) -> BlockOptions:
         return BlockOptions(self.norm_num_groups, self.norm_eps, self.use_linear_projection,
                             self.resnet_out_scale_factor, scd_mode, self.interaction, self.attention_impl,
-                            self.dtype, self.remat, num_frames)
+                            self.dtype, self.remat, num_frames, self.attention_config)
 
     def _motion(self, n_levels: int, scd_mode: str | None) -> tuple[list, MotionOptions | None, list]:
         """Motion options per down level, for the mid block, and per up level (None: no motion modules)."""

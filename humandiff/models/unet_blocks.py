@@ -36,6 +36,7 @@ class BlockOptions:
       dtype: compute dtype.
       remat: rematerialise each ResNet and transformer in the backward pass.
       num_frames: frames per video in the batch (used by motion modules).
+      attention_config: optional `humandiff.ops.attention_config.AttentionConfig` for self-attention.
     """
 
     groups: int = 32
@@ -48,6 +49,7 @@ class BlockOptions:
     dtype: Any = jnp.float32
     remat: bool = False
     num_frames: int = 1
+    attention_config: Any = None
 
 
 def _resnet(opts: BlockOptions, out_channels: int, name: str, scale: float | None = None) -> nn.Module:
@@ -61,7 +63,7 @@ def _transformer(opts: BlockOptions, channels: int, heads: int, depth: int, name
         raise ValueError(f"{name}: {channels} channels do not split into {heads} attention heads")
     cls = nn.remat(Transformer2DModel) if opts.remat else Transformer2DModel
     return cls(heads, channels // heads, depth, opts.groups, opts.use_linear_projection, opts.scd_mode,
-               opts.interaction, opts.attention_impl, dtype=opts.dtype, name=name)
+               opts.interaction, opts.attention_impl, opts.attention_config, dtype=opts.dtype, name=name)
 
 
 def _motion(opts: BlockOptions, motion: MotionOptions | None, x: jax.Array, name: str) -> jax.Array:

@@ -124,3 +124,20 @@ def test_video_frames_broadcast_over_one_cache(setup):
     shared = run(cache)
     copied = run(jax.tree_util.tree_map(lambda x: jnp.repeat(x, frames, axis=0), cache))
     assert _rel(shared, copied) <= 1e-5
+
+
+def test_splash_interpret_path_matches_xla(setup):
+    """The TPU kernel path (Pallas splash in interpret mode) through the whole UNet equals the XLA path."""
+    _, _, params, _, _, d = setup
+    outs = []
+    for impl in ("xla", "interpret"):
+        unet = UNet2DConditionModel(**TINY, attention_impl=impl)
+
+        def run(p, unet=unet):
+            cache = scd.reference_pass(unet, p, d["z_ref"], d["ctx"])
+            two = scd.target_pass(unet, p, cache, d["z_tgt"], d["t"], d["ctx"], ref_keep=jnp.array([True, False]))
+            return two, scd.joint_pass(unet, p, d["z_ref"], d["z_tgt"], d["t"], d["ctx"])[1]
+
+        outs.append(jax.jit(run)(params))
+    for a, b in zip(*outs):
+        assert _rel(b, a) <= 1e-5
