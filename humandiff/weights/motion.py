@@ -7,9 +7,13 @@ on load (after a shape check) and regenerated on export. Motion-module parameter
 (`down_blocks_i/motion_modules_j/...`, `mid_block/motion_modules_0/...`, `up_blocks_i/motion_modules_j/...`).
 
 The original layout has no config: transformer depths and whether a mid-block module exists are read from the
-keys (`mm_sd_v15.ckpt` has none, `mm_sd_v15_v2.ckpt` has one), and such files run with per-frame GroupNorm
-statistics (`motion_norm="frame"`), as the code that trained them did. A MotionAdapter folder runs as diffusers
-runs it (`motion_norm="video"`) unless its config says otherwise (`_humandiff_motion_norm`, written on export).
+keys (`mm_sd_v15.ckpt` has none, `mm_sd_v15_v2.ckpt` has one).
+
+GroupNorm statistics: both layouts load with diffusers' per-video statistics (`motion_norm="video"`), so that a
+model loaded, trained and exported here computes what diffusers computes with the exported adapter. The original
+AnimateDiff code that trained `mm_sd_v15*.ckpt` normalised per frame; pass `motion_norm="frame"` to run a file as
+that code did (diffusers cannot run such a model: the mode is recorded in exported adapter configs under
+`_humandiff_motion_norm`, which diffusers ignores and `read_motion_adapter` restores).
 """
 
 from __future__ import annotations
@@ -139,8 +143,7 @@ def read_motion_adapter(path: str, *, allow_pickle: bool = False,
         if not any(".motion_modules." in k for k in raw):
             raise io.WeightsError(f"{path} holds no '*.motion_modules.*' keys; is it an AnimateDiff motion module?")
         lengths = [v.shape[1] for k, v in raw.items() if _POS_KEY.search(k) and v.ndim == 3]
-        unet_fields = {"motion_max_seq_length": min(lengths) if lengths else 32, "motion_norm": "frame",
-                       **_layout_from_keys(raw)}
+        unet_fields = {"motion_max_seq_length": min(lengths) if lengths else 32, **_layout_from_keys(raw)}
         state = raw
     unet_fields.update(fields)
     state = _drop_positions(state, unet_fields.get("motion_max_seq_length", 32), path)

@@ -77,9 +77,12 @@ def test_pickle_needs_opt_in_then_loads_the_same_params(folders):
     module2, params2 = load_unet(str(root / "unet"), motion_adapter=str(root / "mm_v2.ckpt"), allow_pickle=True,
                                  **HEADS)
     _assert_same(params, params2)
-    # Depths and the mid block are read from the keys; original-layout files run with per-frame GroupNorm.
+    # Depths and the mid block are read from the keys; diffusers' GroupNorm statistics unless asked otherwise.
     assert module2.motion_transformer_layers_per_block == (1, 2) and module2.use_motion_mid_block
-    assert module2.motion_max_seq_length == 8 and module2.motion_norm == "frame" and module.motion_norm == "video"
+    assert module2.motion_max_seq_length == 8 and module2.motion_norm == "video"
+    module3, _ = load_unet(str(root / "unet"), motion_adapter=str(root / "mm_v2.ckpt"), allow_pickle=True,
+                           motion_norm="frame", **HEADS)
+    assert module3.motion_norm == "frame"
 
 
 def test_original_layout_without_mid_block(folders):
@@ -148,7 +151,7 @@ def test_export_round_trips_bit_identically(folders, tmp_path):
     for k, v in original.items():
         if not k.endswith(".pe"):
             np.testing.assert_array_equal(written[k], v, err_msg=k)
-    module_o, params_o = load_unet(str(root / "unet"), motion_adapter=path, **HEADS)
+    module_o, params_o = load_unet(str(root / "unet"), motion_adapter=path, motion_norm="frame", **HEADS)
     _assert_same(params, params_o)
     # Export of the reloaded params equals the first export, tensor for tensor, in both layouts.
     for layout in ("diffusers", "original"):
