@@ -122,10 +122,13 @@ def test_validator_names_missing_unexpected_and_mismatched_keys(folders, tmp_pat
     save_file(learned, str(tmp_path / "learned.safetensors"))
     with pytest.raises(io.WeightsError, match=r"learned\.safetensors: .*pos_encoder\.pe is not the sinusoidal"):
         read_motion_adapter(str(tmp_path / "learned.safetensors"))
-    groups = tmp_path / "groups"
-    diffusers.MotionAdapter(**{**ADAPTER, "motion_norm_num_groups": 4}).save_pretrained(groups)
-    with pytest.raises(io.WeightsError, match="motion_norm_num_groups=4 differs from the UNet's norm_num_groups=8"):
-        load_unet(str(root / "unet"), motion_adapter=str(groups))
+    for change, message in (({"motion_norm_num_groups": 4}, "motion_norm_num_groups=4 differs from the UNet's "
+                             "norm_num_groups=8"), ({"motion_layers_per_block": 2}, "motion_layers_per_block=2 "
+                             "differs from the UNet's layers_per_block=1")):
+        folder = tmp_path / next(iter(change))
+        diffusers.MotionAdapter(**{**ADAPTER, **change}).save_pretrained(folder)
+        with pytest.raises(io.WeightsError, match=message):
+            load_unet(str(root / "unet"), motion_adapter=str(folder))
     save_file({"conv_in.weight": np.zeros((1,), np.float32)}, str(tmp_path / "unet_only.safetensors"))
     with pytest.raises(io.WeightsError, match="no '.*motion_modules.*' keys"):
         read_motion_adapter(str(tmp_path / "unet_only.safetensors"))
