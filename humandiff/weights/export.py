@@ -255,28 +255,15 @@ def write_pose_encoder(folder: str, pose_encoder: Any, params: Mapping, dtype: s
     _save(os.path.join(folder, WEIGHTS_NAME), pose_encoder_to_torch(params), dtype)
 
 
-def motion_adapter_config(unet: Any) -> dict:
-    """diffusers `MotionAdapter` config.json for the motion modules of a humandiff UNet."""
-    per_level = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-    return {"_class_name": "MotionAdapter", "block_out_channels": list(unet.block_out_channels),
-            "motion_layers_per_block": per_level(unet.layers_per_block),
-            "motion_transformer_layers_per_block": per_level(unet.motion_transformer_layers_per_block),
-            "motion_mid_block_layers_per_block": 1,
-            "motion_transformer_layers_per_mid_block": unet.motion_transformer_layers_per_mid_block,
-            "motion_num_attention_heads": per_level(unet.motion_num_attention_heads),
-            "motion_norm_num_groups": unet.norm_num_groups, "motion_max_seq_length": unet.motion_max_seq_length,
-            "use_motion_mid_block": unet.use_motion_mid_block, "conv_in_channels": None}
-
-
 def write_motion(out: str, unet: Any, params: Mapping, dtype: str) -> list[str]:
     """Motion modules as a diffusers `motion_adapter/` folder and an original-layout AnimateDiff file."""
-    from humandiff.weights.motion import motion_to_torch  # noqa: PLC0415
+    from humandiff.weights.motion import adapter_config, motion_to_torch  # noqa: PLC0415
 
     _, motion = split_motion(params)
     if not io.flatten(motion):
         return []
     length = int(unet.motion_max_seq_length)
-    _write_json(os.path.join(out, "motion_adapter", "config.json"), motion_adapter_config(unet))
+    _write_json(os.path.join(out, "motion_adapter", "config.json"), adapter_config(unet))
     _save(os.path.join(out, "motion_adapter", WEIGHTS_NAME), motion_to_torch(motion, max_seq_length=length), dtype)
     _save(os.path.join(out, "motion_module.safetensors"),
           motion_to_torch(motion, layout="original", max_seq_length=length), dtype)
@@ -333,6 +320,7 @@ def settings(trained: Trained, dtype: str) -> dict:
         "prediction_type": c.diffusion.prediction_type, "resolution": list(c.data.resolution),
         "guidance_scale": float(sample.get("guidance_scale", 3.5)), "num_steps": int(sample.get("num_steps", 25)),
         "motion_modules": bool(getattr(trained.models.unet, "motion_modules", False)),
+        "motion_norm": getattr(trained.models.unet, "motion_norm", None),
         "source": trained.workdir,
     }
 
