@@ -300,6 +300,26 @@ def _pose(pipe: Pipeline, poses: torch.Tensor | None) -> torch.Tensor | None:
     return pipe.pose_encoder(poses.to(next(pipe.pose_encoder.parameters()).dtype)).float()
 
 
+def _target_inputs(branch_embed: torch.Tensor, tgt_pose: torch.Tensor | None, frames: int, cfg: bool,
+                   drop_ref: bool, drop_pose: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Context, pose features and ref_keep of the target batch, laid out `[B, branch, F]` and flattened."""
+    b, nb = branch_embed.shape[:2]
+    n, tail = b * nb * frames, branch_embed.shape[2:]
+    ctx = branch_embed[:, :, None].expand(b, nb, frames, *tail).reshape(n, *tail)
+    pose = None
+    if tgt_pose is not None:  # [B * F, C, h, w] -> [B, nb, F, C, h, w]
+        p = tgt_pose.reshape(b, 1, frames, *tgt_pose.shape[1:]).expand(b, nb, *([-1] * tgt_pose.ndim))
+        if cfg and drop_pose:
+            p = p * torch.tensor([1.0, 0.0], device=p.device).reshape(1, 2, *([1] * tgt_pose.ndim))
+        pose = p.reshape(n, *tgt_pose.shape[1:])
+    ref_keep = None
+    if cfg and drop_ref:
+        keep = torch.ones((b, nb, frames), dtype=torch.bool, device=branch_embed.device)
+        keep[:, 1] = False
+        ref_keep = keep.reshape(n)
+    return ctx, pose, ref_keep
+
+
 @torch.no_grad()
 def animate(pipe: Pipeline, ref_image: torch.Tensor, poses: torch.Tensor | None = None, *,
             ref_pose: torch.Tensor | None = None, clip_image: torch.Tensor | None = None, num_steps: int = 20,
@@ -353,19 +373,8 @@ def animate(pipe: Pipeline, ref_image: torch.Tensor, poses: torch.Tensor | None 
     unet(rep(z_ref), torch.full((b * nr,), float(ref_timestep)), branch_embed[:, :nr].flatten(0, 1).to(dt),
          pose_features=rep(ref_feats), scd_mode="write")
 
-    # Target inputs, [B, nb, F] flattened.
-    n = b * nb * frames
-    ctx = branch_embed[:, :, None].expand(b, nb, frames, *embed.shape[1:]).reshape(n, *embed.shape[1:]).to(dt)
-    keep = torch.ones((b, nb, frames), dtype=torch.bool, device=device)
-    if cfg and uncond_drop_ref:
-        keep[:, 1] = False
-    pose = None
-    if tgt_pose is not None:
-        p = tgt_pose.reshape(b, 1, frames, *tgt_pose.shape[1:]).expand(b, nb, *([-1] * (tgt_pose.ndim)))
-        if cfg and uncond_drop_pose:
-            p = p * torch.tensor([1.0, 0.0], device=device).reshape(1, 2, *([1] * tgt_pose.ndim))
-        pose = p.reshape(n, *tgt_pose.shape[1:]).to(dt)
-    ref_keep = keep.reshape(n) if cfg and uncond_drop_ref else None
+    ctx, pose, ref_keep = _target_inputs(branch_embed, tgt_pose, frames, cfg, uncond_drop_ref, uncond_drop_pose)
+    n, ctx, pose = ctx.shape[0], ctx.to(dt), None if pose is None else pose.to(dt)
 
     shape = (b, frames) + tuple(z_ref.shape[1:])
     if noise is None:

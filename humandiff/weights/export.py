@@ -290,11 +290,7 @@ def write_image_encoder(folder: str, source_dir: str, params: Mapping, dtype: st
     """`image_encoder/`: transformers config.json (copied) + `model.safetensors`."""
     from humandiff.weights.clip import image_encoder_to_torch  # noqa: PLC0415
 
-    src = os.path.join(source_dir, "config.json")
-    if os.path.isfile(src):
-        _copy_config(source_dir, folder, "image encoder")
-    else:
-        raise ExportError(f"the image encoder was trained from {source_dir}, which has no config.json")
+    _copy_config(source_dir, folder, "image encoder")
     _save(os.path.join(folder, "model.safetensors"), image_encoder_to_torch(params), dtype)
 
 

@@ -136,6 +136,7 @@ def test_ten_step_sampling_matches_jax(exported, pipe, inputs):
     frames = pipeline.make_generator(loaded.models, cfg)(loaded.params, sampler,
                                                          {k: jnp.asarray(v) for k, v in inputs.items()}, rng,
                                                          GUIDANCE)
+    # The JAX pipeline draws its initial noise from the first half of split(rng); hand the same noise to torch.
     noise = jax.random.normal(jax.random.split(rng)[0], (1, FRAMES, 16, 16, 3), jnp.float32)
     out_t = torch_scd.animate(pipe, nchw(inputs["ref_image"]), nchw(inputs["poses"]),
                               ref_pose=nchw(inputs["ref_pose"]), num_steps=NUM_STEPS, guidance=GUIDANCE,

@@ -28,7 +28,8 @@ from humandiff.weights.diffusers import unet_param_shapes  # noqa: E402
 from .conftest import rel_err  # noqa: E402
 
 UNET = dict(block_out_channels=(16, 32), layers_per_block=1, in_channels=4, out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=8, attention_head_dim=(2, 4), norm_num_groups=8)
 BR, M, H, W = 2, 3, 8, 6  # 2 references, 3 target entries per reference (e.g. frames x CFG branches)
 
