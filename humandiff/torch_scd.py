@@ -115,18 +115,25 @@ class SCDAttnProcessor:
 
 
 class SCDUNet:
-    """A diffusers `UNet2DConditionModel` with SCD processors and a pose hook installed (reversible).
+    """A diffusers `UNet2DConditionModel` (or `UNetMotionModel`) with SCD processors and a pose hook installed
+    (reversible).
+
+    Video: the spatial attention names of a `UNetMotionModel` built with `from_unet2d` are those of its 2D UNet, so
+    a 2D `SCDUNet` (the reference pass: one image, no motion modules, as in humandiff) and a video `SCDUNet`
+    sharing its `state` (the target passes) read and write the same cache.
 
     Args:
       unet: the diffusers UNet (its weights are not changed).
       pose_injection: "conv_in" (features added after `conv_in`) or "input" (added to the latent input).
+      state: share another `SCDUNet`'s state (default: a new one).
     """
 
-    def __init__(self, unet: nn.Module, pose_injection: str = "conv_in"):
+    def __init__(self, unet: nn.Module, pose_injection: str = "conv_in", state: SCDState | None = None):
         if pose_injection not in POSE_INJECTIONS:
             raise ValueError(f"unknown pose_injection={pose_injection!r}; expected one of {POSE_INJECTIONS}")
         self.unet = unet
-        self.state = SCDState()
+        self.state = SCDState() if state is None else state
+        self.is_video = type(unet).__name__ == "UNetMotionModel"
         self.pose_injection = pose_injection
         self._original = dict(unet.attn_processors)
         procs = {}
@@ -157,7 +164,7 @@ class SCDUNet:
 
     def __call__(self, sample: torch.Tensor, timesteps: torch.Tensor | float, context: torch.Tensor, *,
                  pose_features: torch.Tensor | None = None, scd_mode: str | None = None,
-                 ref_keep: torch.Tensor | None = None) -> torch.Tensor:
+                 ref_keep: torch.Tensor | None = None, num_frames: int = 1) -> torch.Tensor:
         """One UNet call, as humandiff's `UNet2DConditionModel.apply` with the same keywords (NCHW tensors).
 
         Args:
@@ -167,6 +174,8 @@ class SCDUNet:
           pose_features: optional `[N, Cp, h, w]` added at the injection point.
           scd_mode: None, "write" (reference pass: fills the cache) or "read" (target pass: reads it).
           ref_keep: optional bool `[N]` for "read".
+          num_frames: frames per video (`N = videos * num_frames`, frames contiguous); a `UNetMotionModel` runs its
+            motion modules over them, a 2D UNet treats them as independent images.
 
         Returns:
           The UNet output `[N, C, h, w]`.
@@ -178,7 +187,15 @@ class SCDUNet:
         self.state.mode, self.state.ref_keep, self.state.pose_features = scd_mode, ref_keep, pose_features
         try:
             t = torch.as_tensor(timesteps, dtype=torch.float32, device=sample.device)
-            return self.unet(sample, t, context, return_dict=False)[0]
+            if not self.is_video:
+                return self.unet(sample, t, context, return_dict=False)[0]
+            n, f = sample.shape[0], num_frames
+            if n % f:
+                raise ValueError(f"batch {n} is not a multiple of num_frames={f}")
+            video = sample.reshape(n // f, f, *sample.shape[1:]).transpose(1, 2)  # [videos, C, F, h, w]
+            t = t.reshape(-1)[::f] if t.ndim and t.numel() == n else t  # one timestep per video
+            out = self.unet(video, t, context, return_dict=False)[0]
+            return out.transpose(1, 2).reshape(sample.shape[0], -1, *out.shape[3:])
         finally:
             self.state.mode, self.state.ref_keep, self.state.pose_features = None, None, None
 

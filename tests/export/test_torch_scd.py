@@ -118,3 +118,43 @@ def test_motion_modules_export_round_trip(tmp_path):
         assert sorted(got) == sorted(want)
         for key, value in want.items():
             np.testing.assert_array_equal(np.asarray(got[key]), value, err_msg=f"{motion}: {key}")
+
+
+def test_video_target_pass_with_motion_modules_matches_jax(tmp_path):
+    """Reference pass on the 2D UNet (humandiff skips motion modules there), target pass on diffusers'
+    `UNetMotionModel` built from the exported unet/ + motion_adapter/, sharing one cache: 2 videos (e.g. CFG
+    branches) x 3 frames reading one reference, the second video with the reference masked out."""
+    module = UNet2DConditionModel(**UNET, motion_modules=True, motion_num_attention_heads=(2, 4),
+                                  motion_max_seq_length=8)
+    params = _params(module, 3)
+    export.write_unet(str(tmp_path / "unet"), module, params, "fp32")
+    export.write_motion(str(tmp_path), module, params, "fp32")
+    unet2d = diffusers.UNet2DConditionModel.from_pretrained(tmp_path / "unet").eval()
+    adapter = diffusers.MotionAdapter.from_pretrained(tmp_path / "motion_adapter")
+    video = diffusers.UNetMotionModel.from_unet2d(unet2d, adapter).eval()
+    ref_unet = torch_scd.SCDUNet(unet2d)
+    video_unet = torch_scd.SCDUNet(video, state=ref_unet.state)
+    frames, n = 3, 6
+    rng = np.random.default_rng(4)
+    z_ref = rng.standard_normal((1, H, W, 4)).astype(np.float32)
+    ctx_ref = rng.standard_normal((1, 1, 8)).astype(np.float32)
+    z = rng.standard_normal((n, H, W, 4)).astype(np.float32)
+    ctx = np.repeat(ctx_ref, n, axis=0)
+    feats = rng.standard_normal((n, H, W, 16)).astype(np.float32)
+    keep = np.array([True] * frames + [False] * frames)
+
+    @jax.jit
+    def run(p):
+        _, cache = module.apply({"params": p}, z_ref, 0.0, ctx_ref, scd_mode="write", mutable=["ref_kv"])
+        return module.apply({"params": p, **cache}, z, 400.0, ctx, pose_features=feats, scd_mode="read",
+                            ref_keep=keep, num_frames=frames)
+
+    out = run(params)
+    with torch.no_grad():
+        ref_unet(nchw(z_ref), 0.0, torch.from_numpy(ctx_ref), scd_mode="write")
+        got = video_unet(nchw(z), 400.0, torch.from_numpy(ctx), pose_features=nchw(feats), scd_mode="read",
+                         ref_keep=torch.from_numpy(keep), num_frames=frames)
+    err = rel_err(np.moveaxis(got.numpy(), 1, -1), out)
+    print(f"SCD video target pass with motion modules ({n // frames} videos x {frames} frames): "
+          f"relative error {err:.2e}")
+    assert err <= 1e-4
