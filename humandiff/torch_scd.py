@@ -248,6 +248,7 @@ class Pipeline:
     vae: Any = None
     image_encoder: Any = None
     settings: dict = dataclasses.field(default_factory=dict)
+    video_unet: SCDUNet | None = None  # UNetMotionModel sharing `unet`'s cache (video models)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -282,7 +283,25 @@ def load_pipeline(folder: str, torch_dtype: torch.dtype | None = None, device: s
         image_encoder = CLIPVisionModelWithProjection.from_pretrained(
             os.path.join(folder, "image_encoder"), dtype=torch_dtype).to(device)
     scd = SCDUNet(unet.eval(), settings.get("pose_injection", "conv_in"))
-    return Pipeline(scd, scheduler, pose, vae, image_encoder, settings)
+    video = None
+    if os.path.isdir(os.path.join(folder, "motion_adapter")):
+        from diffusers import MotionAdapter, UNetMotionModel  # noqa: PLC0415
+
+        adapter = MotionAdapter.from_pretrained(os.path.join(folder, "motion_adapter"), torch_dtype=torch_dtype)
+        motion = UNetMotionModel.from_unet2d(unet, adapter).to(device=device, dtype=unet.dtype).eval()
+        video = SCDUNet(motion, scd.pose_injection, state=scd.state)
+    return Pipeline(scd, scheduler, pose, vae, image_encoder, settings, video)
+
+
+def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:
+    """Start frames of overlapping windows covering `num_frames`, the last aligned to the end (as humandiff's JAX
+    pipeline)."""
+    if num_frames <= window:
+        return [0]
+    starts = list(range(0, num_frames - window + 1, window - overlap))
+    if starts[-1] + window < num_frames:
+        starts.append(num_frames - window)
+    return starts
 
 
 def _embedding(pipe: Pipeline, clip_image: torch.Tensor | None, batch: int, device: Any) -> torch.Tensor:
@@ -337,12 +356,36 @@ def _target_inputs(branch_embed: torch.Tensor, tgt_pose: torch.Tensor | None, fr
     return ctx, pose, ref_keep
 
 
+def _guided(pipe: Pipeline, x: torch.Tensor, t: Any, inputs: tuple, guidance: float, window: int,
+            overlap: int) -> torch.Tensor:
+    """Guided model output for latents `x` `[B, F, C, h, w]`: target passes over (overlapping) frame windows."""
+    ctx, pose, keep = inputs  # flattened [B, nb, F]
+    b, frames = x.shape[:2]
+    nb = ctx.shape[0] // (b * frames)
+    net = pipe.video_unet or pipe.unet
+    width = frames if pipe.video_unet is None else min(window, frames)
+    view = lambda a: None if a is None else a.reshape(b, nb, frames, *a.shape[1:])  # noqa: E731
+    ctx, pose, keep = view(ctx), view(pose), view(keep)
+    acc, count = torch.zeros_like(x), torch.zeros(frames, device=x.device)
+    for start in window_starts(frames, width, min(overlap, width - 1)):
+        win, m = slice(start, start + width), b * nb * width
+        flat = lambda a: None if a is None else a[:, :, win].reshape(m, *a.shape[3:])  # noqa: E731
+        xb = x[:, None, win].expand(b, nb, width, *x.shape[2:]).reshape(m, *x.shape[2:]).to(pipe.dtype)
+        out = net(xb, torch.full((m,), float(t)), flat(ctx), pose_features=flat(pose), scd_mode="read",
+                  ref_keep=flat(keep), num_frames=width)
+        out = out.float().reshape(b, nb, width, *x.shape[2:])
+        acc[:, win] += out[:, 0] if nb == 1 else out[:, 1] + guidance * (out[:, 0] - out[:, 1])
+        count[win] += 1
+    return acc / count.reshape(1, frames, 1, 1, 1)
+
+
 @torch.no_grad()
 def animate(pipe: Pipeline, ref_image: torch.Tensor, poses: torch.Tensor | None = None, *,
             ref_pose: torch.Tensor | None = None, clip_image: torch.Tensor | None = None, num_steps: int = 20,
             guidance: float = 3.5, cfg: bool = True, ref_timestep: int | None = None, uncond_drop_ref: bool = True,
             uncond_drop_embed: bool = True, uncond_drop_pose: bool = False, use_ref_pose: bool | None = None,
-            noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+            noise: torch.Tensor | None = None, generator: torch.Generator | None = None, window: int = 16,
+            overlap: int = 4) -> torch.Tensor:
     """Samples frames with DDIM, mirroring `humandiff.diffusion.pipeline.generate` (cached mode).
 
     The reference pass runs once at `ref_timestep`; each DDIM step runs the target pass on a batch laid out
@@ -364,12 +407,18 @@ def animate(pipe: Pipeline, ref_image: torch.Tensor, poses: torch.Tensor | None 
       use_ref_pose: add the reference pose features in the reference pass (default: exported setting).
       noise: optional initial latent noise `[B, F, C, h, w]` (to reproduce another sampler's run).
       generator: torch generator for the noise otherwise.
+      window, overlap: video models run `window` frames per call, overlapping windows averaged (as humandiff's
+        JAX pipeline with uniform fusion); image models run all frames at once (they are independent).
 
     Returns:
       `[B, F, 3, H, W]` float32 frames in [-1, 1].
     """
     unet, sched = pipe.unet, pipe.scheduler
     device = unet.unet.device
+    if pipe.settings.get("interaction", "causal") != "causal":
+        raise NotImplementedError(f"interaction={pipe.settings['interaction']!r}: the cached reference pass is exact "
+                                  "only for causal SCD models; sample full-interaction models with humandiff's JAX "
+                                  "pipeline (SamplingConfig(mode='joint'))")
     ref_timestep = int(pipe.settings.get("ref_timestep", 0) if ref_timestep is None else ref_timestep)
     use_ref_pose = bool(pipe.settings.get("use_ref_pose", True) if use_ref_pose is None else use_ref_pose)
     ref_image = ref_image.to(device)
@@ -391,7 +440,7 @@ def animate(pipe: Pipeline, ref_image: torch.Tensor, poses: torch.Tensor | None 
          pose_features=rep(ref_feats), scd_mode="write")
 
     ctx, pose, ref_keep = _target_inputs(branch_embed, tgt_pose, frames, cfg, uncond_drop_ref, uncond_drop_pose)
-    n, ctx, pose = ctx.shape[0], ctx.to(dt), None if pose is None else pose.to(dt)
+    ctx, pose = ctx.to(dt), None if pose is None else pose.to(dt)
 
     shape = (b, frames) + tuple(z_ref.shape[1:])
     if noise is None:
@@ -399,11 +448,7 @@ def animate(pipe: Pipeline, ref_image: torch.Tensor, poses: torch.Tensor | None 
     x = noise.to(device, torch.float32) * sched.init_noise_sigma
     sched.set_timesteps(num_steps, device=device)
     for t in sched.timesteps:
-        xin = sched.scale_model_input(x, t)
-        xb = xin[:, None].expand(b, nb, *xin.shape[1:]).reshape(n, *xin.shape[2:]).to(dt)
-        out = unet(xb, torch.full((n,), float(t)), ctx, pose_features=pose, scd_mode="read", ref_keep=ref_keep)
-        out = out.float().reshape(b, nb, *x.shape[1:])
-        out = out[:, 0] if nb == 1 else out[:, 1] + guidance * (out[:, 0] - out[:, 1])
+        out = _guided(pipe, sched.scale_model_input(x, t), t, (ctx, pose, ref_keep), guidance, window, overlap)
         x = sched.step(out.flatten(0, 1), t, x.flatten(0, 1), eta=0.0).prev_sample.reshape(x.shape)
     images = _decode(pipe, x.flatten(0, 1))
     return images.reshape(b, frames, *images.shape[1:])
