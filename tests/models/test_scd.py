@@ -126,6 +126,7 @@ def test_video_frames_broadcast_over_one_cache(setup):
     assert _rel(shared, copied) <= 1e-5
 
 
+@pytest.mark.slow
 def test_splash_interpret_path_matches_xla(setup):
     """The TPU kernel path (Pallas splash in interpret mode) through the whole UNet equals the XLA path."""
     _, _, params, _, _, d = setup
