@@ -9,6 +9,7 @@ on load (after a shape check) and regenerated on export. Motion-module parameter
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -128,3 +129,32 @@ def motion_to_torch(params: Mapping[str, Any], *, layout: str = "diffusers",
     if layout == "original":
         return diffusers_to_original(state, max_seq_length)
     raise ValueError(f"unknown motion-module layout {layout!r}; expected 'diffusers' or 'original'")
+
+
+def motion_adapter_config(module: Any) -> dict[str, Any]:
+    """diffusers `MotionAdapter` config for the motion modules of a humandiff UNet."""
+    layers = module.layers_per_block
+    as_list = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return {
+        "_class_name": "MotionAdapter", "block_out_channels": list(module.block_out_channels),
+        "motion_layers_per_block": as_list(layers) if isinstance(layers, tuple) else layers,
+        "motion_transformer_layers_per_block": as_list(module.motion_transformer_layers_per_block),
+        "motion_mid_block_layers_per_block": 1,
+        "motion_transformer_layers_per_mid_block": module.motion_transformer_layers_per_mid_block,
+        "motion_num_attention_heads": as_list(module.motion_num_attention_heads),
+        "motion_norm_num_groups": module.norm_num_groups, "motion_max_seq_length": module.motion_max_seq_length,
+        "use_motion_mid_block": module.use_motion_mid_block, "conv_in_channels": None,
+    }
+
+
+def save_motion_adapter(path: str, module: Any, params: Mapping[str, Any]) -> None:
+    """Writes the UNet's motion modules as a diffusers `MotionAdapter` folder (`MotionAdapter.from_pretrained`)."""
+    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+    if not module.motion_modules:
+        raise ValueError("save_motion_adapter: this UNet has no motion modules (motion_modules=False)")
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(motion_adapter_config(module), f, indent=2)
+    state = motion_to_torch(params, layout="diffusers", max_seq_length=module.motion_max_seq_length)
+    save_file(state, os.path.join(path, "diffusion_pytorch_model.safetensors"))

@@ -14,7 +14,8 @@ from safetensors.torch import save_file  # noqa: E402
 
 from humandiff.models.temporal import TemporalTransformer  # noqa: E402
 from humandiff.weights import io, load_unet  # noqa: E402
-from humandiff.weights.motion import diffusers_to_original, motion_to_torch  # noqa: E402
+from humandiff.weights.diffusers import save_unet  # noqa: E402
+from humandiff.weights.motion import diffusers_to_original, motion_to_torch, save_motion_adapter  # noqa: E402
 
 UNET = dict(block_out_channels=(16, 32), layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8, attention_head_dim=(2, 4),
@@ -115,3 +116,15 @@ def test_scd_video_target_pass_with_motion_modules(oracle):
     plain = _run(module, params, x, ctx)
     empty = np.asarray(target(params, scd.empty_cache(cache))).reshape(B, F, H, W, 4).transpose(0, 4, 1, 2, 3)
     np.testing.assert_allclose(empty, plain, rtol=0, atol=1e-5 * float(np.abs(plain).max()))
+
+
+def test_save_unet_and_motion_adapter_reload_in_diffusers(oracle, tmp_path):
+    root, adapter, *_ = oracle
+    module, params = load_unet(str(root / "unet"), motion_adapter=str(root / "adapter"))
+    save_unet(str(tmp_path / "unet"), module, params)
+    save_motion_adapter(str(tmp_path / "adapter"), module, params)
+    diffusers.UNet2DConditionModel.from_pretrained(str(tmp_path / "unet"))  # no motion keys in the image UNet
+    again = diffusers.MotionAdapter.from_pretrained(str(tmp_path / "adapter"))
+    assert tuple(again.config.motion_num_attention_heads) == tuple(adapter.config.motion_num_attention_heads)
+    for k, v in adapter.state_dict().items():
+        np.testing.assert_allclose(again.state_dict()[k].numpy(), v.numpy(), rtol=0, atol=1e-6, err_msg=k)
