@@ -107,7 +107,6 @@ def load_unet(path: str, *, motion_adapter: str | None = None, allow_pickle: boo
         from humandiff.weights.motion import read_motion_adapter  # pylint: disable=import-outside-toplevel
 
         fields, motion_state = read_motion_adapter(motion_adapter, allow_pickle=allow_pickle)
-        fields.pop("_adapter_config", None)
         overrides = {"motion_modules": True, **fields, **overrides}
         state = {**state, **motion_state}
         source = f"{path} + {motion_adapter}"

@@ -95,7 +95,6 @@ def read_motion_adapter(path: str, *, allow_pickle: bool = False,
         for key, want in checks.items():
             if config.get(key, want) != want:
                 raise io.WeightsError(f"{source}: unsupported {key}={config[key]!r} (supported: {want!r})")
-        unet_fields["_adapter_config"] = config
         state = io.read_state_dict(path, allow_pickle=allow_pickle)
     else:
         raw = io.read_state_dict(path, allow_pickle=allow_pickle)
