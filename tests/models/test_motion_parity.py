@@ -88,7 +88,7 @@ def test_zero_init_motion_modules_are_identity(oracle):
     root, _, x, ctx, _ = oracle
     # A motion module's own init zeroes proj_out (kernel and bias) ...
     mm = TemporalTransformer(heads=2, groups=8, num_frames=F)
-    mm_params = jax.jit(mm.init)(jax.random.PRNGKey(0), jnp.ones((B * F, 2, 2, 16)))["params"]
+    mm_params = jax.jit(mm.init)(jax.random.key(0, impl="rbg"), jnp.ones((B * F, 2, 2, 16)))["params"]
     assert not np.any(np.asarray(mm_params["proj_out"]["kernel"]))
     assert not np.any(np.asarray(mm_params["proj_out"]["bias"]))
     # ... so a video UNet whose motion modules have zero proj_out gives the image UNet's per-frame output.
@@ -101,6 +101,7 @@ def test_zero_init_motion_modules_are_identity(oracle):
                                rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_scd_video_target_pass_with_motion_modules(oracle):
     from humandiff.models import scd  # pylint: disable=import-outside-toplevel
 
