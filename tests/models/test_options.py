@@ -77,5 +77,6 @@ def test_full_sd15_scd_passes_trace_at_512px():
     assert len(jax.tree_util.tree_leaves(cache)) == 32
     assert sizes == [(64, 8, 160), (256, 8, 160), (1024, 8, 80), (4096, 8, 40)]
     z2, c2 = jax.ShapeDtypeStruct((2, 64, 64, 4), jnp.float32), jax.ShapeDtypeStruct((2, 1, 768), jnp.float32)
-    out = jax.eval_shape(lambda p, k, a, b: scd.target_pass(unet, p, k, a, 10.0, b, num_frames=2), params, cache, z2, c2)
+    read = lambda p, k, a, b: scd.target_pass(unet, p, k, a, 10.0, b, num_frames=2)  # noqa: E731
+    out = jax.eval_shape(read, params, cache, z2, c2)
     assert out.shape == (2, 64, 64, 4)

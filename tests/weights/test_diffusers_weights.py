@@ -174,7 +174,8 @@ def test_vae_legacy_attention_names_load(tmp_path):
     vae.save_pretrained(tmp_path / "new")
     legacy = {}
     for k, v in vae.state_dict().items():
-        for new, old in ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn.")):
+        renames = ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn."))
+        for new, old in renames:
             k = k.replace(new, old)
         legacy[k] = v.contiguous()
     assert any(".proj_attn." in k for k in legacy)
