@@ -330,7 +330,7 @@ def check_inputs(models: Models, cfg: SamplingConfig, inputs: dict) -> None:
 
 
 def generate(models: Models, cfg: SamplingConfig, params: dict, sampler: samplers.Sampler, inputs: dict,
-             rng: jax.Array, guidance: jax.Array) -> jax.Array:
+             rng: jax.Array, guidance: jax.Array, on_step: Callable | None = None) -> jax.Array:
     """Samples `[B, F, H, W, 3]` images in [-1, 1] (pure; jit it with `make_generator`).
 
     Args:
@@ -342,6 +342,7 @@ def generate(models: Models, cfg: SamplingConfig, params: dict, sampler: sampler
         `clip_image [B,224,224,3]` (CLIP-normalised), `tryon_person [B,H,W,3]` + `tryon_mask [B,H,W,1]`.
       rng: PRNG key (initial noise and stochastic DDIM).
       guidance: CFG scale (traced).
+      on_step: optional host callback per denoising step (progress).
 
     Returns:
       Decoded frames `[B, F, H, W, 3]`.
@@ -367,19 +368,19 @@ def generate(models: Models, cfg: SamplingConfig, params: dict, sampler: sampler
         mask = latent_mask(inputs["tryon_mask"], z_ref.shape[1:3])[:, None]
     guidance = jnp.asarray(guidance, jnp.float32)
     model_fn = lambda x, t: video_prediction(models, params, cfg, cond, x, t, guidance)  # noqa: E731
-    z = samplers.sample(sampler, model_fn, noise, rng=k_step, clean=clean, mask=mask)
+    z = samplers.sample(sampler, model_fn, noise, rng=k_step, clean=clean, mask=mask, on_step=on_step)
     images = decode_latents(models, params, z.reshape((b * frames,) + z.shape[2:]), cfg.decode_chunk)
     return images.reshape((b, frames) + images.shape[1:])
 
 
-def make_generator(models: Models, cfg: SamplingConfig) -> Callable[..., jax.Array]:
+def make_generator(models: Models, cfg: SamplingConfig, on_step: Callable | None = None) -> Callable[..., jax.Array]:
     """`fn(params, sampler, inputs, rng, guidance) -> frames`, jitted once per input shapes and sampler kind.
 
     Changing `guidance`, the seed, the parameters or the sampler's tables (same kind and step count) reuses the
     compiled program. Inputs are validated (`check_inputs`) on every call before dispatch.
     """
     jitted = jax.jit(lambda params, sampler, inputs, rng, guidance: generate(
-        models, cfg, params, sampler, inputs, rng, guidance))
+        models, cfg, params, sampler, inputs, rng, guidance, on_step))
 
     def fn(params, sampler, inputs, rng, guidance):
         check_inputs(models, cfg, inputs)

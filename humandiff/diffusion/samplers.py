@@ -292,6 +292,7 @@ def sample(
     clean: jax.Array | None = None,
     mask: jax.Array | None = None,
     return_trajectory: bool = False,
+    on_step: Callable[[jax.Array], None] | None = None,
 ):
     """Runs the whole denoising loop under `lax.scan` (jittable; one model graph for every step).
 
@@ -303,6 +304,7 @@ def sample(
       clean: try-on: clean latent held outside `mask` at every step.
       mask: try-on: 1 where the sample is generated (broadcastable to `noise`).
       return_trajectory: also return the state after every step, `[S, ...]`.
+      on_step: host callback called with the step index after each step (progress bars); None adds nothing.
 
     Returns:
       The final sample (and the trajectory when asked).
@@ -324,6 +326,8 @@ def sample(
         out = model_fn(_div(x, scale), sampler.timesteps[i]).astype(dtype)
         step_noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape, dtype) if sampler.stochastic else None
         x, x0 = step(sampler, i, x, out, prev_x0, step_noise)
+        if on_step is not None:
+            jax.debug.callback(on_step, i, ordered=True)
         return (x, x0), (x if return_trajectory else None)
 
     (x, _), traj = jax.lax.scan(body, (x, jnp.zeros_like(x)), jnp.arange(sampler.num_steps))
