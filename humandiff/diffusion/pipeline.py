@@ -170,7 +170,7 @@ def _pose_features(models: Models, params: dict, poses: jax.Array | None) -> jax
 
 
 @dataclasses.dataclass
-class _Cond:
+class Condition:
     """Everything the target pass needs besides the latent (built once, outside the denoising loop)."""
 
     z_ref: jax.Array  # [B, h, w, C]
@@ -193,7 +193,7 @@ def _branch_embed(cfg: SamplingConfig, embed: jax.Array) -> jax.Array:
     return jnp.stack([embed, uncond], axis=1)
 
 
-def reference_pass(models: Models, params: dict, cfg: SamplingConfig, cond: _Cond) -> Any:
+def reference_pass(models: Models, params: dict, cfg: SamplingConfig, cond: Condition) -> Any:
     """Runs the UNet once on the reference (`scd_mode="write"`) and returns the `ref_kv` cache."""
     b = cond.z_ref.shape[0]
     nr = _ref_branches(cfg)
@@ -206,7 +206,7 @@ def reference_pass(models: Models, params: dict, cfg: SamplingConfig, cond: _Con
     return variables["ref_kv"]
 
 
-def _target_inputs(cfg: SamplingConfig, cond: _Cond, start: int, width: int):
+def _target_inputs(cfg: SamplingConfig, cond: Condition, start: int, width: int):
     """Per-entry context, pose features and ref_keep for a window, layout `[B, nb, width]` flattened."""
     b, nb = cond.z_ref.shape[0], cfg.branches
     n = b * nb * width
@@ -229,7 +229,7 @@ def _keep_or_none(cfg: SamplingConfig, keep: jax.Array) -> jax.Array | None:
     return keep if cfg.cfg and cfg.uncond_drop_ref else None
 
 
-def _joint_call(models: Models, params: dict, cfg: SamplingConfig, cond: _Cond, x, tt, ctx, pose, keep, width):
+def _joint_call(models: Models, params: dict, cfg: SamplingConfig, cond: Condition, x, tt, ctx, pose, keep, width):
     """Recompute form: one `[ref ; tgt]` joint pass; each target entry gets its own copy of the reference."""
     b, nb = cond.z_ref.shape[0], cfg.branches
     per = nb * width  # target entries per reference
@@ -253,7 +253,7 @@ def _joint_call(models: Models, params: dict, cfg: SamplingConfig, cond: _Cond, 
     return out[x.shape[0]:]
 
 
-def window_prediction(models: Models, params: dict, cfg: SamplingConfig, cond: _Cond, x_w: jax.Array,
+def window_prediction(models: Models, params: dict, cfg: SamplingConfig, cond: Condition, x_w: jax.Array,
                       t: jax.Array, start: jax.Array | int, guidance: jax.Array) -> jax.Array:
     """Guided model output for one window of frames `x_w` `[B, W, h, w, C]` starting at frame `start`."""
     b, width = x_w.shape[:2]
@@ -274,7 +274,7 @@ def window_prediction(models: Models, params: dict, cfg: SamplingConfig, cond: _
     return uncond_out + guidance * (cond_out - uncond_out)
 
 
-def video_prediction(models: Models, params: dict, cfg: SamplingConfig, cond: _Cond, x: jax.Array,
+def video_prediction(models: Models, params: dict, cfg: SamplingConfig, cond: Condition, x: jax.Array,
                      t: jax.Array, guidance: jax.Array) -> jax.Array:
     """Guided model output for a whole video `x` `[B, F, h, w, C]`: one window, or fused overlapping windows."""
     frames = x.shape[1]
@@ -329,6 +329,24 @@ def check_inputs(models: Models, cfg: SamplingConfig, inputs: dict) -> None:
         raise ValueError("inputs have 'poses' but the model has no pose encoder")
 
 
+def prepare_condition(models: Models, cfg: SamplingConfig, params: dict, inputs: dict) -> Condition:
+    """Everything computed once per sample: reference latent, embedding, pose features, and (cached mode) the
+    reference pass's K/V cache."""
+    ref = inputs["ref_image"]
+    b, frames = ref.shape[0], _frames_of(inputs)
+    poses = inputs.get("poses")
+    tgt_pose = None
+    if poses is not None:
+        feats = _pose_features(models, params, poses.reshape((b * frames,) + poses.shape[2:]))
+        tgt_pose = feats.reshape((b, frames) + feats.shape[1:])
+    ref_pose = _pose_features(models, params, inputs.get("ref_pose")) if cfg.use_ref_pose else None
+    cond = Condition(z_ref=encode_latents(models, params, ref), ref_pose=ref_pose,
+                 embed=_embedding(models, params, inputs, b), tgt_pose=tgt_pose)
+    if cfg.mode == "cached":
+        cond.cache = reference_pass(models, params, cfg, cond)
+    return cond
+
+
 def generate(models: Models, cfg: SamplingConfig, params: dict, sampler: samplers.Sampler, inputs: dict,
              rng: jax.Array, guidance: jax.Array, on_step: Callable | None = None) -> jax.Array:
     """Samples `[B, F, H, W, 3]` images in [-1, 1] (pure; jit it with `make_generator`).
@@ -347,18 +365,9 @@ def generate(models: Models, cfg: SamplingConfig, params: dict, sampler: sampler
     Returns:
       Decoded frames `[B, F, H, W, 3]`.
     """
-    ref = inputs["ref_image"]
-    b, frames = ref.shape[0], _frames_of(inputs)
-    z_ref = encode_latents(models, params, ref)
-    poses = inputs.get("poses")
-    tgt_pose = None
-    if poses is not None:
-        feats = _pose_features(models, params, poses.reshape((b * frames,) + poses.shape[2:]))
-        tgt_pose = feats.reshape((b, frames) + feats.shape[1:])
-    ref_pose = _pose_features(models, params, inputs.get("ref_pose")) if cfg.use_ref_pose else None
-    cond = _Cond(z_ref=z_ref, ref_pose=ref_pose, embed=_embedding(models, params, inputs, b), tgt_pose=tgt_pose)
-    if cfg.mode == "cached":
-        cond.cache = reference_pass(models, params, cfg, cond)
+    cond = prepare_condition(models, cfg, params, inputs)
+    z_ref = cond.z_ref
+    b, frames = z_ref.shape[0], _frames_of(inputs)
     shape = (b, frames) + z_ref.shape[1:]
     k_noise, k_step = jax.random.split(rng)
     noise = jax.random.normal(k_noise, shape, jnp.float32)
