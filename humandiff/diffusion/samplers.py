@@ -9,8 +9,9 @@ way here. A `Sampler` is a pytree of per-step float32 tables `[S]` plus static f
         out = model_fn(x / input_scale[i], timesteps[i])
         x = step(x, out, i)
 
-Tables are computed once on the host in numpy float32 with diffusers' operation order (see `schedules`). Options not implemented: DDIM sample clipping /
-dynamic thresholding, Karras / exponential sigmas, SDE variants, Euler's s_churn.
+Tables are computed once on the host in numpy float32 with diffusers' operation order (see `schedules`), and
+the step arithmetic rounds as torch does (see `_div`, `_mul`). Not implemented: DDIM sample clipping / dynamic
+thresholding, Karras / exponential sigmas, SDE variants, Euler's s_churn.
 """
 
 from __future__ import annotations
@@ -197,8 +198,8 @@ def make_sampler(
         coef, scale, init = _euler_tables(schedule, ts, spacing)
     return Sampler(
         timesteps=_f32(ts), input_scale=_f32(scale), init_sigma=_f32(init),
-        coef={**{k: _f32(v) for k, v in coef.items()}, "zero": jnp.zeros(len(ts), jnp.float32)}, kind=kind, prediction_type=schedule.prediction_type,
-        stochastic=kind == "ddim" and eta > 0,
+        coef={**{k: _f32(v) for k, v in coef.items()}, "zero": jnp.zeros(len(ts), jnp.float32)}, kind=kind,
+        prediction_type=schedule.prediction_type, stochastic=kind == "ddim" and eta > 0,
     )
 
 
