@@ -382,19 +382,44 @@ def generate(models: Models, cfg: SamplingConfig, params: dict, sampler: sampler
     return images.reshape((b, frames) + images.shape[1:])
 
 
-def make_generator(models: Models, cfg: SamplingConfig, on_step: Callable | None = None) -> Callable[..., jax.Array]:
+def make_generator(models: Models, cfg: SamplingConfig, on_step: Callable | None = None, *,
+                   mesh: jax.sharding.Mesh | None = None, batch_axis: str = "data") -> Callable[..., jax.Array]:
     """`fn(params, sampler, inputs, rng, guidance) -> frames`, jitted once per input shapes and sampler kind.
 
     Changing `guidance`, the seed, the parameters or the sampler's tables (same kind and step count) reuses the
     compiled program. Inputs are validated (`check_inputs`) on every call before dispatch.
+
+    Args:
+      models: the modules.
+      cfg: static sampling options.
+      on_step: optional host callback per denoising step.
+      mesh: optional device mesh: the references (batch axis of every input) are split over `batch_axis` and
+        the parameters replicated; each device then samples its own references (windows included).
+      batch_axis: mesh axis for the batch.
     """
     jitted = jax.jit(lambda params, sampler, inputs, rng, guidance: generate(
         models, cfg, params, sampler, inputs, rng, guidance, on_step))
 
     def fn(params, sampler, inputs, rng, guidance):
         check_inputs(models, cfg, inputs)
+        if mesh is not None:
+            params, inputs = shard_batch(mesh, batch_axis, params, inputs)
         # A Python float and a float32 array would be two signatures (weak vs strong type): normalise.
         return jitted(params, sampler, inputs, rng, jnp.asarray(guidance, jnp.float32))
 
     fn.jitted = jitted
     return fn
+
+
+def shard_batch(mesh: jax.sharding.Mesh, axis: str, params: Any, inputs: dict) -> tuple[Any, dict]:
+    """Places `inputs` split along their batch axis over `mesh[axis]` and `params` replicated."""
+    from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
+
+    n = mesh.shape[axis]
+    b = inputs["ref_image"].shape[0]
+    if b % n:
+        raise ValueError(f"{b} references cannot be split over the {n} devices of mesh axis {axis!r}; use a "
+                         f"multiple of {n}")
+    batch = NamedSharding(mesh, PartitionSpec(axis))
+    inputs = {k: jax.device_put(v, batch) for k, v in inputs.items()}
+    return jax.device_put(params, NamedSharding(mesh, PartitionSpec())), inputs
