@@ -38,14 +38,14 @@ def checkpoint(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
+    # One level each (the VAE then does not downsample): the CLI's compile time is most of this test.
     diffusers.UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8).save_pretrained(root / "unet")
+        sample_size=SIZE, block_out_channels=(32,), layers_per_block=1, down_block_types=("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",), cross_attention_dim=32, attention_head_dim=8,
+        norm_num_groups=8).save_pretrained(root / "unet")
     diffusers.AutoencoderKL(
-        block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-        sample_size=SIZE).save_pretrained(root / "vae")
+        block_out_channels=(32,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4, norm_num_groups=8, sample_size=SIZE).save_pretrained(root / "vae")
     transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
         hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4, image_size=32,
         patch_size=8, projection_dim=32)).save_pretrained(root / "image_encoder")
@@ -54,7 +54,7 @@ def checkpoint(tmp_path_factory):
         "_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
         "rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing",
         "steps_offset": 0, "clip_sample": False}))
-    pose = PoseEncoder(out_channels=32, block_out_channels=(8, 16))  # 2x down, like the tiny VAE
+    pose = PoseEncoder(out_channels=32, block_out_channels=(8,))  # no downsampling, like the one-level VAE
     params = _random_params(pose, 1, jnp.zeros((1, SIZE, SIZE, 3)))
     save_file(pose_encoder_to_torch(params), str(root / "pose_encoder.safetensors"))
     return str(root)

@@ -16,12 +16,12 @@ from humandiff.models.pose_encoder import PoseEncoder  # noqa: E402
 SIZE = 8
 
 
-def _models(interaction="causal"):
+def _models():
     # Pixel space (no VAE, no image encoder), as the demo: in/out channels 3, pose encoder at full resolution.
     unet = unet_mod.UNet2DConditionModel(
-        in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=8, attention_head_dim=2, norm_num_groups=8, interaction=interaction)
+        in_channels=3, out_channels=3, block_out_channels=(16,), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+        cross_attention_dim=8, attention_head_dim=2, norm_num_groups=8)  # one level: compile time matters here
     pose = PoseEncoder(out_channels=16, block_out_channels=(8,))
     params = {
         "unet": numpy_init(unet, jnp.zeros((1, SIZE, SIZE, 3)), jnp.zeros((1,)), jnp.zeros((1, 1, 8)), seed=0),
@@ -53,12 +53,3 @@ def test_real_unet_cached_equals_joint():
     err = np.abs(cached - joint).max()
     print(f"real UNet: cached vs joint max|d| = {err:.3g}")
     assert cached.shape == (2, 2, SIZE, SIZE, 3) and err <= 1e-4
-
-
-@pytest.mark.slow
-def test_real_unet_full_interaction_differs():
-    models, params = _models()
-    full_models, _ = _models("full")
-    causal = _sample(models, params, pipeline.SamplingConfig(mode="joint"))
-    full = _sample(full_models, params, pipeline.SamplingConfig(mode="joint"))
-    assert np.isfinite(full).all() and np.abs(full - causal).max() > 1e-4  # the reference now sees the target
