@@ -69,6 +69,16 @@ def load_pose_encoder(path: str, *, allow_pickle: bool = False) -> tuple[Any, di
     return module, params
 
 
+def _match_pose_injection(unet: Any, channels: int, source: str) -> Any:
+    """Pose features are added after conv_in (block_out_channels[0] wide) or to the latent input (in_channels)."""
+    if channels == unet.block_out_channels[0]:
+        return unet.clone(pose_injection="conv_in")
+    if channels == unet.in_channels:
+        return unet.clone(pose_injection="input")
+    raise ValueError(f"{source}: pose encoder outputs {channels} channels; the UNet needs "
+                     f"{unet.block_out_channels[0]} (conv_in injection) or {unet.in_channels} (input injection)")
+
+
 def load_checkpoint(path: str, *, pose_encoder: str | None = None, allow_pickle: bool = False,
                     unet_overrides: dict | None = None) -> Loaded:
     """Loads a diffusers-layout folder (see the module docstring) into a `Loaded`.
@@ -108,6 +118,7 @@ def load_checkpoint(path: str, *, pose_encoder: str | None = None, allow_pickle:
         raise FileNotFoundError(f"no pose encoder: put pose_encoder.safetensors in {path} or pass --pose-encoder")
     sources["pose_encoder"] = pose_path
     pose, params["pose_encoder"] = load_pose_encoder(pose_path, allow_pickle=allow_pickle)
+    unet = _match_pose_injection(unet, pose.out_channels, pose_path)
     sched_cfg, spacing, offset = ScheduleConfig(), "leading", 1  # SD-1.5 scheduler defaults
     sched_file = os.path.join(path, "scheduler", "scheduler_config.json")
     if os.path.isfile(sched_file):
