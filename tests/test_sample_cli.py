@@ -133,3 +133,23 @@ def test_pose_sources_video_and_keypoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="keypoints file not found"):
         media.load_poses(str(tmp_path / "missing.json"), (32, 24))
     assert media.parse_size("24") == (24, 24) and media.parse_size("16x32") == (16, 32)
+
+
+def test_checkpoint_pose_encoder_errors(checkpoint, tmp_path):
+    import jax.numpy as jnp  # noqa: PLC0415
+    from safetensors.numpy import save_file  # noqa: PLC0415
+
+    from humandiff.diffusion import loading  # noqa: PLC0415
+    from humandiff.models.pose_encoder import PoseEncoder  # noqa: PLC0415
+    from humandiff.weights import io  # noqa: PLC0415
+    from humandiff.weights.pose import pose_encoder_to_torch  # noqa: PLC0415
+
+    loaded = loading.load_checkpoint(checkpoint)
+    assert loaded.models.unet.pose_injection == "conv_in" and loaded.spacing == "trailing"
+    wrong = tmp_path / "pose7.safetensors"
+    save_file(pose_encoder_to_torch(_random_params(PoseEncoder(7, (8,)), 2, jnp.zeros((1, 8, 8, 3)))), str(wrong))
+    with pytest.raises(ValueError, match="outputs 7 channels"):
+        loading.load_checkpoint(checkpoint, pose_encoder=str(wrong))
+    save_file({"foo.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "junk.safetensors"))
+    with pytest.raises(io.WeightsError, match="not a pose encoder"):
+        loading.load_pose_encoder(str(tmp_path / "junk.safetensors"))
