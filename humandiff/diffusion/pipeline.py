@@ -53,7 +53,7 @@ class SamplingConfig:
     """Static sampling options (changing one recompiles; `guidance` is not among them).
 
     Attributes:
-      ref_timestep: timestep of the reference pass (the clean reference latent is fed at this timestep).
+      ref_timestep: timestep of the reference pass (0: the clean reference latent; > 0: noised to it, as in training).
       cfg: run the unconditional branch (False: conditional only, `guidance` ignored).
       uncond_drop_ref: the unconditional branch does not see the reference K/V.
       uncond_drop_embed: the unconditional branch gets a zero image embedding.
@@ -329,9 +329,14 @@ def check_inputs(models: Models, cfg: SamplingConfig, inputs: dict) -> None:
         raise ValueError("inputs have 'poses' but the model has no pose encoder")
 
 
-def prepare_condition(models: Models, cfg: SamplingConfig, params: dict, inputs: dict) -> Condition:
+def prepare_condition(models: Models, cfg: SamplingConfig, params: dict, inputs: dict,
+                      sampler: samplers.Sampler | None = None, rng: jax.Array | None = None) -> Condition:
     """Everything computed once per sample: reference latent, embedding, pose features, and (cached mode) the
-    reference pass's K/V cache."""
+    reference pass's K/V cache.
+
+    With `cfg.ref_timestep > 0` the reference latent is noised to that timestep (`q_sample` with noise from `rng`
+    and the schedule in `sampler`), as in training; at the default 0 it is the clean latent.
+    """
     ref = inputs["ref_image"]
     b, frames = ref.shape[0], _frames_of(inputs)
     poses = inputs.get("poses")
@@ -340,7 +345,13 @@ def prepare_condition(models: Models, cfg: SamplingConfig, params: dict, inputs:
         feats = _pose_features(models, params, poses.reshape((b * frames,) + poses.shape[2:]))
         tgt_pose = feats.reshape((b, frames) + feats.shape[1:])
     ref_pose = _pose_features(models, params, inputs.get("ref_pose")) if cfg.use_ref_pose else None
-    cond = Condition(z_ref=encode_latents(models, params, ref), ref_pose=ref_pose,
+    z_ref = encode_latents(models, params, ref)
+    if cfg.ref_timestep > 0:
+        if sampler is None or rng is None:
+            raise ValueError(f"ref_timestep={cfg.ref_timestep} needs the sampler (schedule) and an rng")
+        acp = sampler.alphas_cumprod[cfg.ref_timestep]
+        z_ref = jnp.sqrt(acp) * z_ref + jnp.sqrt(1.0 - acp) * jax.random.normal(rng, z_ref.shape, z_ref.dtype)
+    cond = Condition(z_ref=z_ref, ref_pose=ref_pose,
                  embed=_embedding(models, params, inputs, b), tgt_pose=tgt_pose)
     if cfg.mode == "cached":
         cond.cache = reference_pass(models, params, cfg, cond)
@@ -365,11 +376,11 @@ def generate(models: Models, cfg: SamplingConfig, params: dict, sampler: sampler
     Returns:
       Decoded frames `[B, F, H, W, 3]`.
     """
-    cond = prepare_condition(models, cfg, params, inputs)
+    k_noise, k_step, k_ref = jax.random.split(rng, 3)
+    cond = prepare_condition(models, cfg, params, inputs, sampler, k_ref)
     z_ref = cond.z_ref
     b, frames = z_ref.shape[0], _frames_of(inputs)
     shape = (b, frames) + z_ref.shape[1:]
-    k_noise, k_step = jax.random.split(rng)
     noise = jax.random.normal(k_noise, shape, jnp.float32)
     clean = mask = None
     if inputs.get("tryon_person") is not None:
@@ -402,6 +413,9 @@ def make_generator(models: Models, cfg: SamplingConfig, on_step: Callable | None
 
     def fn(params, sampler, inputs, rng, guidance):
         check_inputs(models, cfg, inputs)
+        if not 0 <= cfg.ref_timestep < sampler.alphas_cumprod.shape[0]:
+            raise ValueError(f"ref_timestep={cfg.ref_timestep} outside the schedule's [0, "
+                             f"{sampler.alphas_cumprod.shape[0]})")
         if mesh is not None:
             params, inputs = shard_batch(mesh, batch_axis, params, inputs)
         # A Python float and a float32 array would be two signatures (weak vs strong type): normalise.

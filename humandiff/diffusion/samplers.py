@@ -41,6 +41,7 @@ class Sampler:
       input_scale: `[S]` model input = state / input_scale (1 except Euler's sqrt(sigma^2 + 1)).
       init_sigma: scalar; initial state = noise * init_sigma.
       coef: dict of `[S]` float32 step coefficients (sampler specific).
+      alphas_cumprod: `[T]` float32 training schedule (noises a reference fed at a timestep > 0).
       kind: "ddim" | "dpmsolver++" | "euler".
       prediction_type: "epsilon" | "v_prediction".
       stochastic: DDIM with eta > 0 (draws noise each step).
@@ -50,6 +51,7 @@ class Sampler:
     input_scale: jax.Array
     init_sigma: jax.Array
     coef: dict
+    alphas_cumprod: jax.Array
     kind: str = struct.field(pytree_node=False)
     prediction_type: str = struct.field(pytree_node=False)
     stochastic: bool = struct.field(pytree_node=False, default=False)
@@ -198,7 +200,8 @@ def make_sampler(
         coef, scale, init = _euler_tables(schedule, ts, spacing)
     return Sampler(
         timesteps=_f32(ts), input_scale=_f32(scale), init_sigma=_f32(init),
-        coef={**{k: _f32(v) for k, v in coef.items()}, "zero": jnp.zeros(len(ts), jnp.float32)}, kind=kind,
+        coef={**{k: _f32(v) for k, v in coef.items()}, "zero": jnp.zeros(len(ts), jnp.float32)},
+        alphas_cumprod=_f32(schedule.alphas_cumprod()), kind=kind,
         prediction_type=schedule.prediction_type, stochastic=kind == "ddim" and eta > 0,
     )
 

@@ -48,8 +48,9 @@ def test_cached_equals_joint_recompute(tiny, ddim):
     # test_pipeline_unet.py; here the branch that keeps the reference but zeroes the embedding and the pose, which
     # needs a second reference-cache entry per reference (the reference pass sees another context).
     models, params = tiny
+    # A reference timestep > 0 (the reference latent noised once, as in training) is used here.
     uncond = dict(uncond_drop_ref=False, uncond_drop_pose=True)
-    cfg = SamplingConfig(ref_timestep=0, **uncond)
+    cfg = SamplingConfig(ref_timestep=250, **uncond)
     inputs = _inputs()
     cached, _ = _run(models, params, cfg, ddim, inputs)
     joint, _ = _run(models, params, dataclasses.replace(cfg, mode="joint"), ddim, inputs)
@@ -152,6 +153,9 @@ def test_bad_inputs_raise_clearly(tiny):
                                                          "poses": jnp.zeros((2, 3, 16, 16, 3))})
     with pytest.raises(ValueError, match="overlap"):
         SamplingConfig(window=4, overlap=4)
+    sampler = samplers.make_sampler(SCHED, "ddim", 2)
+    with pytest.raises(ValueError, match="ref_timestep=1000"):
+        pipeline.make_generator(models, SamplingConfig(ref_timestep=1000))(None, sampler, _inputs(), None, 1.0)
 
 
 def test_batch_sharded_over_mesh_matches_single_device(tiny, ddim):
