@@ -107,7 +107,12 @@ def load_unet(path: str, *, motion_adapter: str | None = None, allow_pickle: boo
         from humandiff.weights.motion import read_motion_adapter  # pylint: disable=import-outside-toplevel
 
         fields, motion_state = read_motion_adapter(motion_adapter, allow_pickle=allow_pickle)
-        fields.pop("_adapter_config", None)
+        adapter = fields.pop("_adapter_config", {})
+        for key, unet_key in (("motion_norm_num_groups", "norm_num_groups"), ("block_out_channels",) * 2,
+                              ("motion_layers_per_block", "layers_per_block")):  # the adapter must fit this UNet
+            if key in adapter and unet_key in config and adapter[key] != config[unet_key]:
+                raise io.WeightsError(f"{motion_adapter}: {key}={adapter[key]} differs from the UNet's "
+                                      f"{unet_key}={config[unet_key]} ({path})")
         overrides = {"motion_modules": True, **fields, **overrides}
         state = {**state, **motion_state}
         source = f"{path} + {motion_adapter}"
