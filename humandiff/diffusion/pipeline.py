@@ -246,10 +246,14 @@ def _joint_call(models: Models, params: dict, cfg: SamplingConfig, cond: Conditi
         like = pose if pose is not None else ref_pose
         pose_all = jnp.concatenate([ref_pose if ref_pose is not None else jnp.zeros_like(like),
                                     pose if pose is not None else jnp.zeros_like(like)])
+    if width > 1 and getattr(models.unet, "motion_modules", False):
+        raise ValueError("mode='joint' pairs one reference copy with one target frame and cannot run temporal "
+                         f"(motion) layers over {width} frames; use mode='cached'")
+    # Without temporal layers frames are independent batch entries, so the joint pass takes them as num_frames=1.
     t_all = jnp.concatenate([jnp.full_like(tt, cfg.ref_timestep), tt])
     out = _apply(models.unet, params["unet"], jnp.concatenate([rep(cond.z_ref), x]), t_all,
                  jnp.concatenate([ref_ctx, ctx]), pose_features=pose_all, scd_mode="joint",
-                 ref_keep=_keep_or_none(cfg, keep), num_frames=width)
+                 ref_keep=_keep_or_none(cfg, keep))
     return out[x.shape[0]:]
 
 

@@ -53,3 +53,15 @@ def test_real_unet_cached_equals_joint():
     err = np.abs(cached - joint).max()
     print(f"real UNet: cached vs joint max|d| = {err:.3g}")
     assert cached.shape == (2, 2, SIZE, SIZE, 3) and err <= 1e-4
+
+
+def test_joint_mode_refuses_motion_modules_over_frames():
+    unet = unet_mod.UNet2DConditionModel(
+        in_channels=3, out_channels=3, block_out_channels=(16,), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",), cross_attention_dim=8,
+        attention_head_dim=2, norm_num_groups=8, motion_modules=True, motion_num_attention_heads=2,
+        motion_max_seq_length=4)
+    models, params = _models()
+    models = pipeline.Models(unet=unet, pose_encoder=models.pose_encoder)
+    with pytest.raises(ValueError, match="use mode='cached'"):
+        _sample(models, params, pipeline.SamplingConfig(mode="joint"))  # raised while tracing, before any compile
