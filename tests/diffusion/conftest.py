@@ -53,7 +53,7 @@ class TinySCDAttention(nn.Module):
 
 
 class TinyUNet(nn.Module):
-    """conv_in (+pose) -> 2 x [SCD self-attn, cross-attn to the context, temporal mean mix] -> conv_out."""
+    """conv_in (+pose) -> depth x [SCD self-attn, cross-attn to the context, temporal mean mix] -> conv_out."""
 
     out_channels: int = 4
     channels: int = 16
@@ -61,6 +61,7 @@ class TinyUNet(nn.Module):
     cross_attention_dim: int = 8
     interaction: str = "causal"
     temporal: bool = True
+    depth: int = 1  # attention blocks; 1 keeps every test's compile short
 
     @nn.compact
     def __call__(self, sample, timesteps, encoder_hidden_states, *, pose_features=None, scd_mode=None,
@@ -72,7 +73,7 @@ class TinyUNet(nn.Module):
         if pose_features is not None:
             x = x + pose_features
         x = nn.silu(x + temb[:, None, None, :])
-        for i in range(2):
+        for i in range(self.depth):
             tok = x.reshape(n, h * w, self.channels)
             tok = tok + TinySCDAttention(self.heads, scd_mode, self.interaction, name=f"attn1_{i}")(
                 nn.LayerNorm(name=f"norm1_{i}")(tok), ref_keep)
