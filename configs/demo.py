@@ -82,19 +82,32 @@ def get_config(arg=None):
     c.optim.trainable = (".*",)  # regexes over param paths ("unet/down_blocks_0/..."); a leaf must match one
     c.optim.frozen = ()  # regexes over param paths excluded from training (each must match something)
 
-    c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"  # synthetic | tfds | viton_hd
-    c.data.dirs = ()  # TFDS/ArrayRecord dataset folders (tfds, viton_hd)
-    c.data.num_videos = 512  # synthetic: training identities
-    c.data.num_source_frames = 24  # synthetic: frames per video
-    c.data.height = 32  # training resolution (pixels)
-    c.data.width = 32  # training resolution (pixels)
+    c.data = ml_collections.ConfigDict()  # humandiff.data.loader fields (stage and batch_size come from above)
+    c.data.source = "synthetic"  # synthetic (generated on the fly) | tfds (built by data_pipelines.build)
+    c.data.data_dir = ""  # tfds: dataset folder printed by data_pipelines.build
+    c.data.name = ""  # tfds: dataset name under data_dir (tiktok | ubc_fashion | video_folder | viton_hd)
+    c.data.split = "train"  # tfds split
+    c.data.resolution = (32, 32)  # (height, width) of training images and poses, pixels
     c.data.num_frames = 1  # target frames per example (1 = image stage)
-    c.data.frame_stride = 1  # source-frame stride between target frames (video)
-    c.data.min_margin = 2  # minimum |ref - tgt| frame distance
-    c.data.cond_dropout = 0.1  # probability of dropping the reference and image embedding (CFG)
-    c.data.clip_size = 224  # CLIP input side (only used with an image encoder)
-    c.data.worker_threads = 2  # grain read threads per process
+    c.data.stride = 1  # video: source frames between consecutive target frames
+    c.data.min_margin = 2  # image: minimum |ref - tgt| frame distance
+    c.data.drop_prob = 0.1  # condition dropout: no reference and zero image embedding (for CFG)
+    c.data.flip = True  # random horizontal flip, shared by frame, pose and reference
+    c.data.crop_scale = (0.9, 1.0)  # random crop side as a fraction of the largest box of the output aspect
+    c.data.clip_size = 224  # CLIP input side, pixels (only used with an image encoder)
+    c.data.score_threshold = 0.3  # keypoints with score <= this are not drawn
+    c.data.skip_short = False  # skip (True) or reject (False) videos too short for the sampling
+    c.data.shuffle = True  # shuffle records per epoch (seeded)
+    c.data.num_threads = 2  # grain threads per process (0 = main thread, fully deterministic)
+    c.data.prefetch = 4  # examples prefetched per process
+    c.data.num_workers = 0  # grain worker processes per host (0 = threads only)
+    c.data.synthetic = ml_collections.ConfigDict(dict(
+        num_videos=512,  # training identities (one synthetic figure per video)
+        num_frames=24,  # frames per synthetic video
+        height=32,  # synthetic frame height, pixels
+        width=32,  # synthetic frame width, pixels
+        seed=0,  # seed offset of the training videos (held-out evaluation videos use seed + 100000)
+    ))
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); one -1 takes the rest
@@ -126,7 +139,7 @@ def get_config(arg=None):
     if arg.runlocal:
         c.total_steps = 20
         c.batch_size = 4
-        c.data.num_videos = 8
+        c.data.synthetic.num_videos = 8
         c.ckpt.every = 10
         c.sample.every = 0
         c.sample.num_steps = 4

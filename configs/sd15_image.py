@@ -5,10 +5,10 @@ CLIPVisionModelWithProjection `image_encoder` folder. Defaults follow the public
 (AnimateAnyone stage 1): lr 1e-5, zero-terminal-SNR v-prediction, noise offset 0.05, min-SNR gamma 5, condition
 dropout 0.1, reference at t=0.
 
-    python -m humandiff.train --config configs/sd15_image.py:sd15=/models/sd15,image_encoder=/models/clip_img \
-        --config.data.dirs="('/data/tiktok','/data/ubc_fashion')" --workdir gs://bucket/scd_stage1
+    python -m humandiff.train --config configs/sd15_image.py:sd15=/models/sd15,image_encoder=/models/clip_img,data_dir=/data/built \
+        --config.data.name=tiktok --workdir /work/scd_stage1
 
-Args: sd15 (folder with unet/ and vae/), image_encoder (folder), runlocal, interaction, use_ref_pose, form.
+Args: sd15 (folder with unet/ and vae/), image_encoder (folder), data_dir (built datasets), runlocal, interaction, use_ref_pose, form.
 """
 
 import os
@@ -20,7 +20,7 @@ from humandiff import config_lib
 
 def get_config(arg=None):
     """Returns the stage-1 config; see the module docstring for the args."""
-    arg = config_lib.parse_arg(arg, sd15="", image_encoder="", runlocal=False, interaction="causal",
+    arg = config_lib.parse_arg(arg, sd15="", image_encoder="", data_dir="", runlocal=False, interaction="causal",
                                use_ref_pose=True, form="two_pass")
     demo = config_lib.load_sibling(__file__, "demo")
     c = demo.get_config(f"interaction={arg.interaction},use_ref_pose={arg.use_ref_pose},form={arg.form}")
@@ -51,12 +51,13 @@ def get_config(arg=None):
     c.optim.trainable = (r"^(unet|pose_encoder)/",)  # UNet and pose encoder are trained
     c.optim.frozen = (r"^vae/", r"^image_encoder/")  # VAE and CLIP stay frozen (loaded, never saved)
 
-    c.data.source = "tfds"  # TikTok + UBC-Fashion ArrayRecord builders (data_pipelines/)
-    c.data.dirs = ()  # dataset folders, e.g. ('/data/tiktok', '/data/ubc_fashion')
-    c.data.height = 768  # training height (pixels)
-    c.data.width = 512  # training width (pixels)
+    c.data.source = "tfds"  # ArrayRecord datasets written by data_pipelines.build
+    c.data.data_dir = arg.data_dir  # output folder of data_pipelines.build
+    c.data.name = "tiktok"  # tiktok | ubc_fashion (one dataset per run; fine-tune on the second after the first)
+    c.data.resolution = (768, 512)  # (height, width), pixels
     c.data.min_margin = 8  # minimum |ref - tgt| frame distance
-    c.data.worker_threads = 16  # grain read threads per process
+    c.data.num_threads = 16  # grain threads per process
+    c.data.prefetch = 64  # examples prefetched per process
 
     c.mesh.shape = (-1, 1, 1)  # pure data parallel; e.g. (1, -1, 1) for FSDP on large pods
 

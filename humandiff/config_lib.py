@@ -33,7 +33,7 @@ BETA_SCHEDULES = ("scaled_linear", "linear")
 TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "interpret")
 MESH_AXES = ("data", "fsdp", "tensor")
-DATA_SOURCES = ("synthetic", "tfds", "viton_hd")
+DATA_SOURCES = ("synthetic", "tfds")
 TASKS = ("image", "video", "tryon")
 
 
@@ -237,13 +237,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _one_of(config, "sample.sampler", SAMPLERS)
     _one_of(config, "sample.timestep_spacing", TIMESTEP_SPACINGS)
     _one_of(config, "data.source", DATA_SOURCES)
-    for key in ("optim.lr", "total_steps", "batch_size", "data.height", "data.width", "data.num_frames",
+    for key in ("optim.lr", "total_steps", "batch_size", "data.num_frames", "data.stride",
                             "diffusion.num_train_timesteps", "log_every", "ckpt.every", "ckpt.keep", "sample.num_steps"):
         _positive(config, key)
     for key in ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "diffusion.noise_offset",
                             "diffusion.snr_gamma", "sample.every", "sample.guidance_scale"):
         _positive(config, key, allow_zero=True)
-    for key in ("optim.ema_decay", "data.cond_dropout", "optim.b1", "optim.b2"):
+    for key in ("optim.ema_decay", "data.drop_prob", "optim.b1", "optim.b2"):
         _fraction(config, key)
     ref_t, n_t = _get(config, "diffusion.ref_timestep"), _get(config, "diffusion.num_train_timesteps")
     if not isinstance(ref_t, int) or not 0 <= ref_t < n_t:
@@ -265,8 +265,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("data.num_frames", config.data.num_frames, "the video stage needs at least 2 frames")
     if config.train.form == "joint" and config.data.num_frames != 1:
         _fail("train.form", config.train.form, "the joint form covers images only; use two_pass for video")
-    if config.task == "tryon" and config.data.source != "viton_hd":
-        _fail("data.source", config.data.source, "the try-on stage reads VITON-HD (data.source='viton_hd')")
+    res = tuple(config.data.resolution)
+    if len(res) != 2 or min(res) <= 0:
+        _fail("data.resolution", res, "expected positive (height, width)")
+    if config.task == "tryon" and config.data.source != "tfds":
+        _fail("data.source", config.data.source, "the try-on stage reads a built VITON-HD dataset (tfds)")
+    if config.data.source == "tfds" and not config.data.data_dir:
+        _fail("data.data_dir", config.data.data_dir, "data.source='tfds' needs the folder data_pipelines.build wrote")
     if config.model.vae_dir and not os.path.isdir(config.model.vae_dir):
         _fail("model.vae_dir", config.model.vae_dir, "folder does not exist")
     for key in ("model.unet_dir", "model.image_encoder_dir", "model.motion_modules_path", "model.init_checkpoint"):
@@ -296,14 +301,13 @@ def shrink_for_local(config: ml_collections.ConfigDict) -> ml_collections.Config
     c.model.unet_dir = c.model.vae_dir = c.model.image_encoder_dir = c.model.motion_modules_path = ""
     c.model.init_checkpoint = ""
     c.optim.trainable, c.optim.frozen = (".*",), ()
-    if c.task == "tryon":
-        c.data.dirs = ()
-    else:
-        c.data.source, c.data.dirs = "synthetic", ()
-    c.data.height = c.data.width = 16
-    c.data.num_videos, c.data.num_source_frames = 8, 16
+    if c.task != "tryon":
+        c.data.source, c.data.data_dir, c.data.name = "synthetic", "", ""
+    c.data.resolution = (16, 16)
+    c.data.synthetic.update(dict(num_videos=8, num_frames=16, height=16, width=16))
     c.data.num_frames = min(c.data.num_frames, 4)
-    c.data.frame_stride = 1
+    c.data.stride = 1
+    c.data.num_threads, c.data.prefetch, c.data.num_workers = 0, 0, 0
     c.batch_size, c.total_steps, c.log_every = 4, 20, 5
     c.ckpt.every, c.sample.every, c.sample.num_steps, c.sample.num_frames = 10, 0, 4, 2
     c.mesh.shape = (-1, 1, 1)

@@ -67,3 +67,36 @@ def abstract_batch(local: dict[str, np.ndarray], mesh: Mesh, process_count: int 
     target = sharding.batch_sharding(mesh)
     return {k: jax.ShapeDtypeStruct((v.shape[0] * process_count,) + v.shape[1:], v.dtype, sharding=target)
             for k, v in local.items()}
+
+
+def data_config(config, *, held_out: bool = False):
+    """The `humandiff.data.loader` config for a training config (stage and global batch from the top level).
+
+    Args:
+      config: training config.
+      held_out: synthetic source only: the evaluation identities (seed offset 100000, never trained on).
+    """
+    from humandiff.data import loader
+
+    dc = loader.default_config()
+    for key, value in config.data.items():
+        if key == "synthetic":
+            dc.synthetic.update(value.to_dict())
+        elif key != "num_frames":
+            dc[key] = tuple(value) if isinstance(value, list) else value
+    dc.num_frames = config.data.num_frames
+    dc.stage = config.task
+    dc.batch_size = config.batch_size
+    if held_out:
+        dc.synthetic.seed = dc.synthetic.seed + 100_000
+        dc.shuffle, dc.flip, dc.drop_prob = False, False, 0.0
+    return dc
+
+
+def train_iterator(config, *, process_index: int | None = None, process_count: int | None = None,
+                   source: Any = None) -> grain.DatasetIterator:
+    """Process-local numpy batches for `config` from `humandiff.data.loader` (checkpointable grain iterator)."""
+    from humandiff.data import loader
+
+    return loader.make_train_iterator(data_config(config), mesh=None, seed=config.seed, process_index=process_index,
+                                      process_count=process_count, source=source)

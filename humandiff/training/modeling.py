@@ -78,7 +78,7 @@ def _plain(cd) -> dict:
 
 def dummy_inputs(models: Models, config) -> dict[str, jax.Array]:
     """Smallest inputs with the training shapes' trailing dims (for `init` under `jax.eval_shape`)."""
-    h, w = config.data.height, config.data.width
+    h, w = (int(x) for x in config.data.resolution)
     lh, lw = h // models.downscale, w // models.downscale
     return {
         "latent": jnp.zeros((1, lh, lw, models.latent_channels), jnp.float32),

@@ -5,9 +5,11 @@ import pytest
 from humandiff import config_lib
 from humandiff.config_lib import ConfigError
 
-CONFIGS = ["configs/demo.py", "configs/tiny_test.py", "configs/sd15_image.py", "configs/sd15_video.py",
-           "configs/sd15_tryon.py", "configs/sd15_image.py:runlocal", "configs/sd15_video.py:runlocal",
-           "configs/sd15_tryon.py:runlocal", "configs/demo.py:interaction=full,use_ref_pose=false,form=joint"]
+CONFIGS = ["configs/demo.py", "configs/tiny_test.py", "configs/sd15_image.py:data_dir=/tmp",
+           "configs/sd15_video.py:data_dir=/tmp", "configs/sd15_tryon.py:data_dir=/tmp",
+           "configs/sd15_image.py:runlocal", "configs/sd15_video.py:runlocal",
+           "configs/sd15_tryon.py:runlocal,data_dir=/tmp",
+           "configs/demo.py:interaction=full,use_ref_pose=false,form=joint"]
 
 
 @pytest.mark.parametrize("spec", CONFIGS)
@@ -46,7 +48,7 @@ BAD = [
     ("train.form", "three_pass", "train.form='three_pass'"),
     ("train.nan_policy", "ignore", "train.nan_policy='ignore'"),
     ("train.compute_dtype", "float16", "train.compute_dtype='float16'"),
-    ("data.cond_dropout", 1.5, "data.cond_dropout=1.5"),
+    ("data.drop_prob", 1.5, "data.drop_prob=1.5"),
     ("diffusion.ref_timestep", 1000, "diffusion.ref_timestep=1000"),
     ("optim.frozen", ("vae/[",), "optim.frozen='vae/\\['"),
     ("model.vae_dir", "/nonexistent/vae", "model.vae_dir='/nonexistent/vae'"),
@@ -63,6 +65,11 @@ def test_bad_values_are_named(key, value, message):
     config_lib.set_dotted(config, key, value)
     with pytest.raises(ConfigError, match=message):
         config_lib.validate(config, num_devices=8)
+
+
+def test_tfds_source_needs_data_dir():
+    with pytest.raises(ConfigError, match="data.data_dir=''"):
+        config_lib.validate(config_lib.load("configs/sd15_image.py"))
 
 
 def test_joint_form_rejects_video():
