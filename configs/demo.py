@@ -45,8 +45,7 @@ def get_config(arg=None):
     c.model.init_checkpoint = ""  # earlier stage's workdir: start from its latest (EMA) parameters
     c.model.unet_extra = ml_collections.ConfigDict()  # extra UNet constructor fields (video: motion modules)
     c.model.pose_encoder = ml_collections.ConfigDict(dict(
-        block_out_channels=(16, 32),  # pose-encoder conv widths
-        downscale=1,  # pixel -> latent factor (1 in pixel space, 8 with the SD VAE)
+        block_out_channels=(32,),  # conv widths per stage; len - 1 stride-2 stages (pixel space: 1 stage)
     ))
     c.model.interaction = arg.interaction  # causal (SCD) | full (ablation: reference also sees the target)
     c.model.use_ref_pose = arg.use_ref_pose  # add pose features of the reference pose to the reference pass

@@ -38,8 +38,7 @@ def get_config(arg=None):
     c.model.vae_dir = os.path.join(arg.sd15, "vae") if arg.sd15 else ""  # diffusers vae/ folder (latent space)
     c.model.image_encoder_dir = arg.image_encoder  # CLIP image encoder folder (1-token context)
     c.model.pose_encoder = ml_collections.ConfigDict(dict(
-        block_out_channels=(16, 32, 96, 256),  # pose-encoder conv widths (AnimateAnyone PoseGuider)
-        downscale=8,  # pixel -> latent factor of the SD VAE
+        block_out_channels=(16, 32, 96, 256),  # conv widths per stage; 3 stride-2 stages = the VAE's 8x
     ))
 
     c.train.compute_dtype = "bfloat16"  # bf16 activations, fp32 master weights

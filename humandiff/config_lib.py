@@ -294,10 +294,10 @@ def shrink_for_local(config: ml_collections.ConfigDict) -> ml_collections.Config
     """
     c = config
     c.model.unet = ml_collections.ConfigDict(dict(
-        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16,), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
         cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8))
-    c.model.pose_encoder = ml_collections.ConfigDict(dict(block_out_channels=(8, 16), downscale=1))
+    c.model.pose_encoder = ml_collections.ConfigDict(dict(block_out_channels=(16,)))
     c.model.unet_dir = c.model.vae_dir = c.model.image_encoder_dir = c.model.motion_modules_path = ""
     c.model.init_checkpoint = ""
     c.optim.trainable, c.optim.frozen = (".*",), ()

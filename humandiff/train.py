@@ -231,12 +231,13 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
                 ckpt.save(done, state, data_iter)
             if ckpt.stop_requested(done):
                 logging.warning("stopping at step %d after a checkpoint (SIGTERM / preemption)", done)
-                ckpt.save(done, state, data_iter, force=True)
+                if ckpt.latest_step() != done:
+                    ckpt.save(done, state, data_iter, force=True)
                 break
             if config.sample.every and done % config.sample.every == 0 and done < config.total_steps:
                 sample_fn(state, frozen, done, workdir, writer)
         else:
-            if config.total_steps > start:
+            if config.total_steps > start and ckpt.latest_step() != config.total_steps:
                 ckpt.save(config.total_steps, state, data_iter, force=True)
                 sample_fn(state, frozen, config.total_steps, workdir, writer)
     finally:

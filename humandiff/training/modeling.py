@@ -51,24 +51,30 @@ def build(config) -> tuple[Models, dict[str, Any]]:
                dtype=dtype, remat=config.train.remat, **dict(m.unet_extra))
     pretrained: dict[str, Any] = {}
     if m.unet_dir:
-        from humandiff import weights
-        unet, pretrained["unet"] = weights.load_unet(m.unet_dir, **scd)
+        from humandiff.weights.diffusers import load_unet
+        unet, pretrained["unet"] = load_unet(m.unet_dir, **scd)
     else:
         unet = UNet2DConditionModel(**_plain(m.unet), **scd)
     vae = image_encoder = None
-    scaling = 1.0
+    scaling, downscale = 1.0, 1
     if m.vae_dir:
-        from humandiff import weights
-        vae, pretrained["vae"] = weights.load_vae(m.vae_dir)
-        scaling = float(vae.scaling_factor)
+        from humandiff.weights.diffusers import load_vae
+        vae, pretrained["vae"] = load_vae(m.vae_dir)
+        scaling, downscale = float(vae.scaling_factor), 2 ** (len(vae.block_out_channels) - 1)
     if m.image_encoder_dir:
-        from humandiff import weights
-        image_encoder, pretrained["image_encoder"] = weights.load_image_encoder(m.image_encoder_dir)
+        from humandiff.weights.clip import load_image_encoder
+        image_encoder, pretrained["image_encoder"] = load_image_encoder(m.image_encoder_dir, dtype=dtype,
+                                                                        attention_impl=m.attention_impl)
     pose_channels = unet.block_out_channels[0] if m.pose_injection == "conv_in" else unet.in_channels
     pose_encoder = PoseEncoder(out_channels=pose_channels, dtype=dtype, **_plain(m.pose_encoder))
+    if pose_encoder.downsample_factor != downscale:
+        raise ValueError(f"config.model.pose_encoder.block_out_channels={tuple(m.pose_encoder.block_out_channels)} "
+                         f"downsamples {pose_encoder.downsample_factor}x but latents are {downscale}x smaller than "
+                         f"pixels ({'VAE' if vae is not None else 'pixel space'}): use "
+                         f"{int(np.log2(downscale)) + 1} stages")
     models = Models(unet=unet, pose_encoder=pose_encoder, vae=vae, image_encoder=image_encoder,
                     context_dim=int(unet.cross_attention_dim), latent_channels=int(unet.in_channels),
-                    downscale=int(m.pose_encoder.downscale), scaling_factor=scaling)
+                    downscale=downscale, scaling_factor=scaling)
     return models, pretrained
 
 
@@ -85,7 +91,6 @@ def dummy_inputs(models: Models, config) -> dict[str, jax.Array]:
         "pose": jnp.zeros((1, h, w, 3), jnp.float32),
         "context": jnp.zeros((1, 1, models.context_dim), jnp.float32),
         "image": jnp.zeros((1, h, w, 3), jnp.float32),
-        "clip": jnp.zeros((1, config.data.clip_size, config.data.clip_size, 3), jnp.float32),
     }
 
 
@@ -100,7 +105,9 @@ def init_params(models: Models, config, rng: jax.Array) -> dict[str, Any]:
     if models.vae is not None:
         params["vae"] = models.vae.init(k_vae, x["image"], method=models.vae.encode)["params"]
     if models.image_encoder is not None:
-        params["image_encoder"] = models.image_encoder.init(k_clip, x["clip"])["params"]
+        size = models.image_encoder.config.image_size
+        clip = jnp.zeros((1, size, size, models.image_encoder.config.num_channels), jnp.float32)
+        params["image_encoder"] = models.image_encoder.init(k_clip, clip)["params"]
     return params
 
 
