@@ -140,8 +140,8 @@ def step_rng(seed: int, step: int, mesh) -> jax.Array:
 
 def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None = None,
                        pretrained: dict | None = None, dataset: Any = None, transform: Any = None,
-                       sample_fn: Any = None, stop_after: int | None = None, hook: Any = None) -> dict:
-    """Runs (or resumes) training to `config.total_steps`; returns the last logged metrics.
+                       sample_fn: Any = None, stop_after: int | None = None, hook: Any = None) -> list[dict]:
+    """Runs (or resumes) training to `config.total_steps`; returns the logged metrics (one dict per log step).
 
     Args:
       config: validated training config.
@@ -191,7 +191,7 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
     ckpt.install_sigterm_handler()
     from tqdm import tqdm
     bar = tqdm(total=config.total_steps, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
-    last: dict = {}
+    history: list[dict] = []
     pending: list = []
     local = first
     t_log, s_log = time.time(), start
@@ -217,6 +217,8 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
                 pending = []
                 last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
                 last["skipped"] = float(sum(1.0 - m["finite"] for m in fetched))
+                last["step"] = done
+                history.append(last)
                 rate = (done - s_log) / max(time.time() - t_log, 1e-9)
                 t_log, s_log = time.time(), done
                 writer.scalars(done, dict(last, steps_per_sec=rate, samples_per_sec=rate * config.batch_size))
@@ -224,11 +226,11 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
             bar.update(1)
             if hook is not None:
                 hook(done)
-            if stop_after is not None and done - start >= stop_after:
-                ckpt.wait()
-                return last
             if ckpt.should_save(done):
                 ckpt.save(done, state, data_iter)
+            if stop_after is not None and done - start >= stop_after:
+                ckpt.wait()
+                return history
             if ckpt.stop_requested(done):
                 logging.warning("stopping at step %d after a checkpoint (SIGTERM / preemption)", done)
                 if ckpt.latest_step() != done:
@@ -244,7 +246,7 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
         bar.close()
         ckpt.close()
         writer.close()
-    return last
+    return history
 
 
 def main(argv) -> None:

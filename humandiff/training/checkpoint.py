@@ -41,6 +41,7 @@ class Checkpointer:
         self.workdir = os.path.abspath(workdir) if "://" not in workdir else workdir
         self.directory = os.path.join(self.workdir, "checkpoints")
         self.frozen_directory = os.path.join(self.workdir, "frozen")
+        self.every = every
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=every, max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -54,8 +55,8 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def should_save(self, step: int) -> bool:
-        """True at the configured interval (and at a preemption sync point)."""
-        return self.manager.should_save(step)
+        """True every `every` steps (Orbax's own policy would also save the very first step)."""
+        return step % self.every == 0 and self.manager.latest_step() != step
 
     def save(self, step: int, state: Any, data_iter: Any = None, force: bool = False) -> bool:
         """Saves `state` (and the grain iterator) at `step`; returns whether a save was started."""

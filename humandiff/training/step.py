@@ -175,7 +175,7 @@ def make_train_step(models: Models, config, tx: optax.GradientTransformation,
             "ema": keep_new(ema, state["ema"]),
             "opt_state": keep_new(opt_state, state["opt_state"]),
         }
-        metrics = {"loss": loss, "mse": aux["mse"], "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "mse": aux["mse"], "grad_norm": optax.tree.norm(grads),
                    "lr": lr_fn(state["step"]), "finite": finite.astype(jnp.float32)}
         return new_state, metrics
 
