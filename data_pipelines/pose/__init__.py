@@ -1,0 +1,1 @@
+"""Offline pose tools: DWPose whole-body extraction (ONNX Runtime) and OpenPose JSON conversion."""
