@@ -124,7 +124,7 @@ def get_config(arg=None):
 
     c.sample = ml_collections.ConfigDict()
     c.sample.every = 1250  # steps between sample grids/videos (0 = never; always once at the end)
-    c.sample.sampler = "ddim"  # ddim | dpmpp_2m | euler
+    c.sample.sampler = "ddim"  # ddim | dpmsolver++ (DPM-Solver++ 2M) | euler
     c.sample.num_steps = 25  # denoising steps
     c.sample.timestep_spacing = "trailing"  # trailing (zero-SNR) | leading | linspace
     c.sample.guidance_scale = 2.0  # classifier-free guidance on the reference

@@ -24,7 +24,7 @@ import ml_collections
 
 INTERACTIONS = ("causal", "full")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-SAMPLERS = ("ddim", "dpmpp_2m", "euler")
+SAMPLERS = ("ddim", "dpmsolver++", "euler")
 TRAINING_FORMS = ("two_pass", "joint")
 POSE_INJECTIONS = ("conv_in", "input")
 COMPUTE_DTYPES = ("float32", "bfloat16")

@@ -239,8 +239,9 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
             if config.sample.every and done % config.sample.every == 0 and done < config.total_steps:
                 sample_fn(state, frozen, done, workdir, writer)
         else:
-            if config.total_steps > start and ckpt.latest_step() != config.total_steps:
-                ckpt.save(config.total_steps, state, data_iter, force=True)
+            if config.total_steps > start:
+                if ckpt.latest_step() != config.total_steps:
+                    ckpt.save(config.total_steps, state, data_iter, force=True)
                 sample_fn(state, frozen, config.total_steps, workdir, writer)
     finally:
         bar.close()
