@@ -11,6 +11,7 @@ first; every process then loads its own share of each global batch.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from typing import Any
@@ -222,6 +223,9 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
                 rate = (done - s_log) / max(time.time() - t_log, 1e-9)
                 t_log, s_log = time.time(), done
                 writer.scalars(done, dict(last, steps_per_sec=rate, samples_per_sec=rate * config.batch_size))
+                if is_main:
+                    with open(os.path.join(workdir, "metrics.jsonl"), "a") as fh:
+                        fh.write(json.dumps(dict(last, steps_per_sec=rate)) + "\n")
                 bar.set_postfix(loss=f"{last['loss']:.4f}", steps_s=f"{rate:.2f}")
             bar.update(1)
             if hook is not None:
@@ -255,6 +259,8 @@ def main(argv) -> None:
     del argv
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 brings it back
     maybe_initialize_distributed()
     config = _CONFIG.value
     config_lib.validate(config, num_devices=jax.device_count())

@@ -19,6 +19,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -141,5 +142,13 @@ class Checkpointer:
             self._previous_handler = None
 
     def stop_requested(self, step: int) -> bool:
-        """True after SIGTERM, or when the preemption service says this step is a sync point."""
-        return self._stop.is_set() or bool(self.manager.reached_preemption(step))
+        """True after SIGTERM on any process, or when the preemption service says this step is a sync point.
+
+        With several processes the SIGTERM flag is all-gathered so that every process saves (a collective) and
+        stops at the same step.
+        """
+        flag = self._stop.is_set()
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+        return flag or bool(self.manager.reached_preemption(step))
