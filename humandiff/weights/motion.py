@@ -1,0 +1,130 @@
+"""AnimateDiff motion-module weights: diffusers `MotionAdapter` folders and the original AnimateDiff layout.
+
+Both name the same tensors; the original layout (`mm_sd_v15_v2.ckpt`) says `temporal_transformer.`,
+`attention_blocks.{0,1}`, `norms.{0,1}`, `ff_norm` where diffusers says (nothing), `attn{1,2}`, `norm{1,2}`, `norm3`.
+Frame-position tables (`pos_encoder.pe` / `pos_embed.pe`) are fixed sinusoids, not parameters: they are dropped
+on load (after a shape check) and regenerated on export. Motion-module parameters live inside the UNet params
+(`down_blocks_i/motion_modules_j/...`, `mid_block/motion_modules_0/...`, `up_blocks_i/motion_modules_j/...`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from humandiff.models.temporal import frame_positions
+from humandiff.weights import io
+from humandiff.weights.diffusers import to_state_dict
+
+_ORIGINAL_TO_DIFFUSERS = ((".norms.0", ".norm1"), (".norms.1", ".norm2"), (".ff_norm", ".norm3"),
+                          (".attention_blocks.0", ".attn1"), (".attention_blocks.1", ".attn2"),
+                          (".temporal_transformer", ""))
+_POS_KEY = re.compile(r"\.(pos_encoder|pos_embed)\.pe$")
+# MotionAdapter config keys -> UNet fields (the others must agree with the UNet or hold the supported value).
+_ADAPTER_FIELDS = ("motion_num_attention_heads", "motion_transformer_layers_per_block",
+                   "motion_transformer_layers_per_mid_block", "motion_max_seq_length", "use_motion_mid_block")
+
+
+def original_to_diffusers(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Original AnimateDiff motion-module names -> diffusers names (position tables dropped)."""
+    out = {}
+    for key, value in state.items():
+        if _POS_KEY.search(key):
+            continue
+        for old, new in _ORIGINAL_TO_DIFFUSERS:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def diffusers_to_original(state: Mapping[str, np.ndarray], max_seq_length: int = 32) -> dict[str, np.ndarray]:
+    """diffusers motion-module names -> original AnimateDiff names, with `pos_encoder.pe` tables regenerated."""
+    out = {}
+    for key, value in state.items():
+        m = re.match(r"^(.*\.motion_modules\.\d+)\.(.*)$", key)
+        if not m or _POS_KEY.search(key):
+            continue
+        head, rest = m.groups()
+        rest = (rest.replace("attn1", "attention_blocks.0").replace("attn2", "attention_blocks.1")
+                .replace("norm1", "norms.0").replace("norm2", "norms.1").replace("norm3", "ff_norm"))
+        out[f"{head}.temporal_transformer.{rest}"] = value
+        block = re.match(r"^(transformer_blocks\.\d+)\.attention_blocks\.(\d)\.to_q\.weight$", rest)
+        if block:
+            dim = value.shape[0]
+            pe = frame_positions(max_seq_length, dim)[None]
+            out[f"{head}.temporal_transformer.{block.group(1)}.attention_blocks.{block.group(2)}.pos_encoder.pe"] = pe
+    return out
+
+
+def _drop_positions(state: Mapping[str, np.ndarray], max_seq_length: int, source: str) -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in state.items():
+        if _POS_KEY.search(key):
+            if value.ndim != 3 or value.shape[1] < max_seq_length:
+                raise io.WeightsError(f"{source}: {key} has shape {tuple(value.shape)}; expected [1, >= "
+                                      f"{max_seq_length}, dim] (motion_max_seq_length={max_seq_length})")
+            continue
+        out[key] = value
+    return out
+
+
+def read_motion_adapter(path: str, *, allow_pickle: bool = False,
+                        **fields: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Reads motion-module weights from a MotionAdapter folder or an original-layout file.
+
+    Args:
+      path: diffusers `MotionAdapter` folder (config.json + safetensors), or an original AnimateDiff file
+        (`mm_sd_v15_v2.ckpt` is a pickle: needs `allow_pickle=True`; a `.safetensors` conversion does not).
+      allow_pickle: opt in to pickle files (`torch.load(weights_only=True)`).
+      **fields: UNet motion fields for the original layout, which has no config (defaults: 8 heads, 1 layer,
+        max_seq_length from the position tables).
+
+    Returns:
+      `(unet_fields, state)`: UNet motion fields and the diffusers-named state dict (no position tables).
+    """
+    if os.path.isdir(path):
+        config = io.read_config(path)
+        source = os.path.join(path, "config.json")
+        unet_fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in _ADAPTER_FIELDS}
+        checks = {"motion_mid_block_layers_per_block": 1, "conv_in_channels": None}
+        for key, want in checks.items():
+            if config.get(key, want) != want:
+                raise io.WeightsError(f"{source}: unsupported {key}={config[key]!r} (supported: {want!r})")
+        unet_fields["_adapter_config"] = config
+        state = io.read_state_dict(path, allow_pickle=allow_pickle)
+    else:
+        raw = io.read_state_dict(path, allow_pickle=allow_pickle)
+        if not any(".motion_modules." in k for k in raw):
+            raise io.WeightsError(f"{path} holds no '*.motion_modules.*' keys; is it an AnimateDiff motion module?")
+        lengths = [v.shape[1] for k, v in raw.items() if _POS_KEY.search(k) and v.ndim == 3]
+        unet_fields = {"motion_max_seq_length": min(lengths) if lengths else 32}
+        state = original_to_diffusers(raw)
+    unet_fields.update(fields)
+    state = _drop_positions(state, unet_fields.get("motion_max_seq_length", 32), path)
+    return unet_fields, state
+
+
+def motion_to_torch(params: Mapping[str, Any], *, layout: str = "diffusers",
+                    max_seq_length: int = 32) -> dict[str, np.ndarray]:
+    """Exports the motion modules of UNet params as a torch state dict.
+
+    Args:
+      params: UNet params holding `motion_modules_*` subtrees.
+      layout: "diffusers" (MotionAdapter names) or "original" (AnimateDiff `mm_sd_v15_v2` names).
+      max_seq_length: length of the regenerated position tables.
+    """
+    flat = {k: v for k, v in io.flatten(params).items() if "/motion_modules_" in k}
+    state = to_state_dict(io.unflatten(flat))
+    if layout == "diffusers":
+        for key in list(state):
+            block = re.match(r"^(.*\.transformer_blocks\.\d+)\.attn1\.to_q\.weight$", key)
+            if block:
+                state[f"{block.group(1)}.pos_embed.pe"] = frame_positions(max_seq_length, state[key].shape[1])[None]
+        return state
+    if layout == "original":
+        return diffusers_to_original(state, max_seq_length)
+    raise ValueError(f"unknown motion-module layout {layout!r}; expected 'diffusers' or 'original'")

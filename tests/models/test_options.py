@@ -1,0 +1,56 @@
+"""UNet options: config validation errors, remat (same gradients), bf16 compute (params stay fp32)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from humandiff.models import scd
+from humandiff.models.init import numpy_init
+from humandiff.models.unet import UNet2DConditionModel
+
+TINY = dict(block_out_channels=(16,), layers_per_block=1, down_block_types=("CrossAttnDownBlock2D",),
+            up_block_types=("CrossAttnUpBlock2D",), cross_attention_dim=8, attention_head_dim=2, norm_num_groups=8)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("mid_block_type", "UNetMidBlock2DSimpleCrossAttn", "unsupported mid_block_type='UNetMidBlock2DSimpleCrossAttn'"),
+    ("up_block_types", ["UpBlock3D"], r"unknown up_block_types\[0\]='UpBlock3D'"),
+    ("addition_embed_type", "text_time", "unsupported addition_embed_type='text_time'"),
+    ("num_attention_heads", 8, "unsupported num_attention_heads=8"),
+    ("my_new_key", 1, "unknown UNet config key 'my_new_key'"),
+    ("attention_head_dim", [2, 2], r"attention_head_dim=\[2, 2\] must have one entry per block"),
+])
+def test_unsupported_config_values_are_named(key, value, match):
+    with pytest.raises(ValueError, match=match):
+        UNet2DConditionModel.from_config({**TINY, key: value}, source="unet/config.json")
+
+
+def test_bad_scd_usage_is_explained():
+    unet = UNet2DConditionModel(**TINY)
+    z, c = jnp.zeros((2, 4, 4, 4)), jnp.zeros((2, 1, 8))
+    params = numpy_init(unet, z, jnp.zeros((2,)), c)
+    with pytest.raises(ValueError, match="no reference K/V for layer"):
+        jax.eval_shape(lambda p: unet.apply({"params": p}, z, 1.0, c, scd_mode="read"), params)
+    with pytest.raises(ValueError, match="unknown scd_mode 'reed'"):
+        jax.eval_shape(lambda p: unet.apply({"params": p}, z, 1.0, c, scd_mode="reed"), params)
+
+
+@pytest.mark.slow
+def test_remat_same_grads_and_bf16_runs():
+    z = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 6, 4))
+    c = jnp.ones((2, 1, 8))
+    results = {}
+    for remat, dtype in [(False, jnp.float32), (True, jnp.float32), (True, jnp.bfloat16)]:
+        unet = UNet2DConditionModel(**TINY, remat=remat, dtype=dtype)
+        params = numpy_init(unet, z, jnp.zeros((2,)), c)
+
+        def loss(p, unet=unet):
+            cache = scd.reference_pass(unet, p, z, c)
+            return jnp.mean(scd.target_pass(unet, p, cache, 0.5 * z, 3.0, c).astype(jnp.float32) ** 2)
+
+        results[(remat, dtype)] = jax.jit(jax.value_and_grad(loss))(params)
+    (v0, g0), (v1, g1), (v2, g2) = results.values()
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: np.allclose(a, b, atol=1e-5), g0, g1))
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(g2))
+    assert abs(float(v2) - float(v0)) < 0.05 * abs(float(v0))

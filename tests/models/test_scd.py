@@ -1,0 +1,143 @@
+"""SCD equivalences on a tiny random UNet (CPU, fp32).
+
+- two-pass (reference cache, then target) == joint single pass with the block-causal mask: outputs and
+  gradients w.r.t. every UNet and pose-encoder parameter (relative error <= 1e-5);
+- causal: the reference half ignores the target; full: it does not;
+- empty reference (zero-length cache, or ref_keep all False) == plain UNet; pose encoder is zero at init;
+- video: one cache broadcast over frames == the cache materialised per frame.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from humandiff.models import scd
+from humandiff.models.init import numpy_init
+from humandiff.models.pose_encoder import PoseEncoder
+from humandiff.models.unet import UNet2DConditionModel
+
+TINY = dict(block_out_channels=(16,), layers_per_block=1, down_block_types=("CrossAttnDownBlock2D",),
+            up_block_types=("CrossAttnUpBlock2D",), cross_attention_dim=8, attention_head_dim=2,
+            norm_num_groups=8)
+B, H, W = 2, 8, 6
+
+
+@pytest.fixture(scope="module")
+def setup():
+    unet = UNet2DConditionModel(**TINY)
+    pose_enc = PoseEncoder(out_channels=16, block_out_channels=(4, 8))
+    k = jax.random.split(jax.random.PRNGKey(0), 8)
+    z_ref = jax.random.normal(k[0], (B, H, W, 4))
+    z_tgt = jax.random.normal(k[1], (B, H, W, 4))
+    ctx = jax.random.normal(k[2], (B, 1, 8))
+    ref_pose = jax.random.uniform(k[3], (B, 2 * H, 2 * W, 3))
+    tgt_pose = jax.random.uniform(k[4], (B, 2 * H, 2 * W, 3))
+    params = numpy_init(unet, z_tgt, jnp.zeros((B,)), ctx)  # jit(unet.init) compiles for ~30 s on CPU
+    pose_params0 = jax.jit(pose_enc.init)(k[6], tgt_pose)["params"]
+    pose_params = numpy_init(pose_enc, tgt_pose, seed=1)
+    data = dict(z_ref=z_ref, z_tgt=z_tgt, ctx=ctx, ref_pose=ref_pose, tgt_pose=tgt_pose, t=jnp.array([3.0, 700.0]))
+    # pose_params: random (non-zero) weights so that the pose path contributes.
+    return unet, pose_enc, params, pose_params0, pose_params, data
+
+
+def _two_pass(unet, pose_enc, params, pose_params, d, ref_keep):
+    cache = scd.reference_pass(unet, params, d["z_ref"], d["ctx"], ref_pose=d["ref_pose"], pose_encoder=pose_enc,
+                               pose_params=pose_params)
+    return scd.target_pass(unet, params, cache, d["z_tgt"], d["t"], d["ctx"], tgt_pose=d["tgt_pose"],
+                           pose_encoder=pose_enc, pose_params=pose_params, ref_keep=ref_keep)
+
+
+def _joint(unet, pose_enc, params, pose_params, d, ref_keep):
+    return scd.joint_pass(unet, params, d["z_ref"], d["z_tgt"], d["t"], d["ctx"], ref_pose=d["ref_pose"],
+                          tgt_pose=d["tgt_pose"], pose_encoder=pose_enc, pose_params=pose_params,
+                          ref_keep=ref_keep)[1]
+
+
+def _rel(a, b):
+    return float(jnp.abs(a - b).max() / jnp.abs(b).max())
+
+
+def test_two_pass_equals_joint_outputs_and_grads(setup):
+    unet, pose_enc, params, _, pose_params, d = setup
+    ref_keep = jnp.array([True, False])
+    weight = jax.random.normal(jax.random.PRNGKey(1), d["z_tgt"].shape)
+
+    def loss(fn):
+        def f(p, pp):
+            out = fn(unet, pose_enc, p, pp, d, ref_keep)
+            return jnp.sum(out * weight), out
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+
+    (_, out2), g2 = loss(_two_pass)(params, pose_params)
+    (_, out1), g1 = loss(_joint)(params, pose_params)
+    out_err = _rel(out2, out1)
+    errs = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), g2, g1)
+    scale = max(float(jnp.abs(x).max()) for x in jax.tree_util.tree_leaves(g1))
+    grad_err = max(jax.tree_util.tree_leaves(errs)) / scale
+    print(f"SCD two-pass vs joint: output rel err {out_err:.2e}, grad rel err (max over params) {grad_err:.2e}")
+    assert out_err <= 1e-5
+    assert grad_err <= 1e-5
+    # The pose encoder and reference path both receive gradient through the cache.
+    assert float(jnp.abs(g1[1]["conv_out"]["kernel"]).max()) > 0
+
+
+@pytest.mark.parametrize("interaction,changes", [("causal", False), ("full", True)])
+def test_reference_half_sees_target_only_under_full(setup, interaction, changes):
+    _, _, params, _, _, d = setup
+    unet = UNet2DConditionModel(**TINY, interaction=interaction)
+    run = jax.jit(lambda zt: scd.joint_pass(unet, params, d["z_ref"], zt, d["t"], d["ctx"])[0])
+    a = run(d["z_tgt"])
+    b = run(d["z_tgt"] + 1.0)
+    diff = float(jnp.abs(a - b).max())
+    assert (diff > 1e-4) == changes, diff
+    if not changes:
+        assert diff == 0.0
+
+
+def test_pose_encoder_zero_at_init_and_empty_reference_is_plain_unet(setup):
+    unet, pose_enc, params, pose_params0, _, d = setup
+    feats = pose_enc.apply({"params": pose_params0}, d["tgt_pose"])
+    assert feats.shape == (B, H, W, 16)
+    assert not np.any(np.asarray(feats))
+    plain = jax.jit(unet.apply)({"params": params}, d["z_tgt"], d["t"], d["ctx"])
+    cache = jax.jit(lambda: scd.reference_pass(unet, params, d["z_ref"], d["ctx"]))()
+    target = jax.jit(lambda c, keep: scd.target_pass(unet, params, c, d["z_tgt"], d["t"], d["ctx"],
+                                                    tgt_pose=d["tgt_pose"], pose_encoder=pose_enc,
+                                                    pose_params=pose_params0, ref_keep=keep))
+    empty = target(scd.empty_cache(cache), None)
+    dropped = target(cache, jnp.zeros((B,), bool))
+    np.testing.assert_allclose(empty, plain, rtol=0, atol=1e-5 * float(jnp.abs(plain).max()))
+    np.testing.assert_allclose(dropped, plain, rtol=0, atol=1e-5 * float(jnp.abs(plain).max()))
+    kept = target(cache, None)
+    assert float(jnp.abs(kept - plain).max()) > 1e-4  # the reference does change the target
+
+
+def test_video_frames_broadcast_over_one_cache(setup):
+    unet, _, params, _, _, d = setup
+    frames = 3
+    cache = jax.jit(lambda: scd.reference_pass(unet, params, d["z_ref"], d["ctx"]))()
+    z = jax.random.normal(jax.random.PRNGKey(5), (B * frames, H, W, 4))
+    ctx = jnp.repeat(d["ctx"], frames, axis=0)
+    keep = jnp.array([True, True, False, True, False, True])
+    run = jax.jit(lambda c: scd.target_pass(unet, params, c, z, 50.0, ctx, ref_keep=keep, num_frames=frames))
+    shared = run(cache)
+    copied = run(jax.tree_util.tree_map(lambda x: jnp.repeat(x, frames, axis=0), cache))
+    assert _rel(shared, copied) <= 1e-5
+
+
+def test_splash_interpret_path_matches_xla(setup):
+    """The TPU kernel path (Pallas splash in interpret mode) through the whole UNet equals the XLA path."""
+    _, _, params, _, _, d = setup
+    outs = []
+    for impl in ("xla", "interpret"):
+        unet = UNet2DConditionModel(**TINY, attention_impl=impl)
+
+        def run(p, unet=unet):
+            cache = scd.reference_pass(unet, p, d["z_ref"], d["ctx"])
+            two = scd.target_pass(unet, p, cache, d["z_tgt"], d["t"], d["ctx"], ref_keep=jnp.array([True, False]))
+            return two, scd.joint_pass(unet, p, d["z_ref"], d["z_tgt"], d["t"], d["ctx"])[1]
+
+        outs.append(jax.jit(run)(params))
+    for a, b in zip(*outs):
+        assert _rel(b, a) <= 1e-5
