@@ -21,8 +21,8 @@ def get_config(arg=None):
     c.total_steps = 10_000  # optimizer steps
     c.batch_size = 8  # global clips per step
     c.model.init_checkpoint = arg.stage1  # stage-1 workdir: UNet + pose encoder start from its parameters
-    c.model.motion_modules_path = arg.motion  # AnimateDiff motion modules (random init if "")
-    c.model.unet_extra.use_motion_module = True  # insert temporal layers after every spatial block
+    c.model.motion_modules_path = arg.motion  # AnimateDiff motion modules: MotionAdapter folder or .safetensors
+    c.model.unet_extra.motion_modules = True  # AnimateDiff temporal layers after the spatial ones
     c.optim.trainable = (r"motion_modules",)  # only temporal layers train
     c.optim.frozen = (r"^vae/", r"^image_encoder/")  # frozen pretrained parts (never saved)
     c.optim.lr = 1e-5  # AdamW peak learning rate
@@ -32,6 +32,6 @@ def get_config(arg=None):
     c.sample.num_frames = 24  # frames per sampled video
     if arg.runlocal:
         config_lib.shrink_for_local(c)
-        c.model.unet_extra.use_motion_module = True
+        c.model.unet_extra.motion_modules = True
         c.optim.trainable = (r"motion_modules",)
     return c

@@ -278,6 +278,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         value = _get(config, key)
         if value and not os.path.exists(value):
             _fail(key, value, "path does not exist")
+    if config.model.motion_modules_path and not config.model.unet_dir:
+        _fail("model.motion_modules_path", config.model.motion_modules_path,
+              "motion modules are loaded together with the base UNet: set model.unet_dir too")
     if num_devices is not None:
         shape = mesh_shape(config, num_devices)
         batch_shards = shape[0] * shape[1]

@@ -94,15 +94,16 @@ def build_state(config, models, pretrained, mesh, ckpt, data_iter) -> tuple[Any,
     state_sh = sharding.tree_shardings(abstract_state, mesh, rules, min_size)
     frozen_sh = sharding.tree_shardings(abstract_frozen, mesh, rules, min_size)
     state, frozen = jax.jit(init, out_shardings=(state_sh, frozen_sh))(key)
-    if config.model.init_checkpoint:
+    for name, tree in pretrained.items():  # weights from local diffusers/transformers folders
+        state["params"] = _overlay(state["params"], {name: tree}, name)
+        frozen = _overlay(frozen, {name: tree}, name)
+    if config.model.init_checkpoint:  # an earlier stage's parameters win over the pretrained folders
         loaded = _load_init_checkpoint(config.model.init_checkpoint)
         source = f"config.model.init_checkpoint={config.model.init_checkpoint!r}"
         state["params"] = _overlay(state["params"], loaded, source)
         frozen = _overlay(frozen, loaded, source)
+    if pretrained or config.model.init_checkpoint:  # EMA and optimizer start from the loaded weights
         state = dict(state, ema=jax.tree.map(lambda p: p.astype(jnp.float32), state["params"]) if state["ema"] else {})
-    for name, tree in pretrained.items():
-        state["params"] = _overlay(state["params"], {name: tree}, name)
-        frozen = _overlay(frozen, {name: tree}, name)
     restored = ckpt.restore(_abstract(abstract_state, state_sh), data_iter)
     start = 0
     if restored is not None:

@@ -52,7 +52,7 @@ def build(config) -> tuple[Models, dict[str, Any]]:
     pretrained: dict[str, Any] = {}
     if m.unet_dir:
         from humandiff.weights.diffusers import load_unet
-        unet, pretrained["unet"] = load_unet(m.unet_dir, **scd)
+        unet, pretrained["unet"] = load_unet(m.unet_dir, motion_adapter=m.motion_modules_path or None, **scd)
     else:
         unet = UNet2DConditionModel(**_plain(m.unet), **scd)
     vae = image_encoder = None
