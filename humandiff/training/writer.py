@@ -9,13 +9,34 @@ import jax
 import numpy as np
 
 
+def _import_summary_writer():
+    """`tensorboardX.SummaryWriter` without letting tensorboardX import torch.
+
+    tensorboardX imports torch whenever it is installed (only to recognise torch tensors). In a training process
+    that is ~1 GB of memory for nothing, and loading it after a large XLA compile crashed once with "Intel oneMKL
+    FATAL ERROR: Cannot load libtorch_cpu.so". A `None` entry in sys.modules makes that optional import fail
+    cleanly; the entry is removed again so later code can still import torch.
+    """
+    import sys
+
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     """Scalars and images to `<logdir>` as TensorBoard events; silent on processes other than 0."""
 
     def __init__(self, logdir: str):
         self._writer = None
         if jax.process_index() == 0:
-            from tensorboardX import SummaryWriter
+            SummaryWriter = _import_summary_writer()
             os.makedirs(logdir, exist_ok=True)
             self._writer = SummaryWriter(logdir, flush_secs=30)
 
