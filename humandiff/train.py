@@ -211,12 +211,14 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
                 jax.profiler.stop_trace()
             pending.append(metrics)
             done = step + 1
-            if config.train.nan_policy == "stop" and not bool(metrics["finite"]):
-                raise FloatingPointError(f"non-finite loss or gradient at step {done}; parameters of step {step} "
-                                         f"kept, nothing saved (config.train.nan_policy='stop')")
-            if done % config.log_every == 0 or done == config.total_steps:
+            if done % config.log_every == 0 or done == config.total_steps:  # the only host sync
                 fetched = jax.device_get(pending)
                 pending = []
+                bad = [done - len(fetched) + 1 + i for i, m in enumerate(fetched) if not m["finite"]]
+                if bad and config.train.nan_policy == "stop":
+                    raise FloatingPointError(
+                        f"non-finite loss or gradient at step {bad[0]} (config.train.nan_policy='stop'); those updates "
+                        f"were not applied, so the last checkpoint ({ckpt.latest_step()}) holds finite parameters")
                 last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
                 last["skipped"] = float(sum(1.0 - m["finite"] for m in fetched))
                 last["step"] = done
