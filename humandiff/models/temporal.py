@@ -2,8 +2,11 @@
 
 Frames travel as `[B*F, h, w, C]` through the spatial layers; a motion module regroups them as `[B*h*w, F, C]`,
 attends across frames (sinusoidal frame positions added before each attention), and adds the result back. Its
-output projection is zero-initialised, so a fresh motion module is the identity. GroupNorm statistics are
-taken per video over all its frames, as in diffusers.
+output projection is zero-initialised, so a fresh motion module is the identity.
+
+GroupNorm statistics: diffusers' `AnimateDiffTransformer3D` takes them per video over all its frames
+(`norm="video"`, the default); the original AnimateDiff code (`animatediff/models/motion_module.py`, which trained
+`mm_sd_v15*.ckpt`) takes them per frame (`norm="frame"`). The parameters are the same; the outputs differ.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ class MotionOptions:
       heads: attention heads.
       depth: transformer layers per motion module.
       max_seq_length: frames covered by the position table.
+      norm: GroupNorm statistics per "video" (diffusers) or per "frame" (original AnimateDiff).
     """
 
     heads: int = 8
     depth: int = 1
     max_seq_length: int = 32
+    norm: str = "video"
 
 
 def frame_positions(length: int, dim: int) -> np.ndarray:
@@ -66,8 +71,14 @@ class TemporalBlock(nn.Module):
         return x + FeedForward(dtype=self.dtype, name="ff")(norm("norm3")(x))
 
 
+NORM_MODES = ("video", "frame")
+
+
 class TemporalTransformer(nn.Module):
-    """One motion module: GroupNorm, `proj_in`, `transformer_blocks_k`, zero-initialised `proj_out`, residual."""
+    """One motion module: GroupNorm, `proj_in`, `transformer_blocks_k`, zero-initialised `proj_out`, residual.
+
+    `norm` picks the GroupNorm statistics: per "video" (all frames, diffusers) or per "frame" (original AnimateDiff).
+    """
 
     heads: int
     depth: int = 1
@@ -75,6 +86,7 @@ class TemporalTransformer(nn.Module):
     max_seq_length: int = 32
     num_frames: int = 1
     dtype: Any = jnp.float32
+    norm: str = "video"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -82,8 +94,12 @@ class TemporalTransformer(nn.Module):
         f = self.num_frames
         if n % f:
             raise ValueError(f"batch {n} is not a multiple of num_frames={f}")
+        if self.norm not in NORM_MODES:
+            raise ValueError(f"unknown motion-module norm {self.norm!r}; expected one of {NORM_MODES}")
         b = n // f
-        y = nn.GroupNorm(num_groups=self.groups, epsilon=1e-6, dtype=self.dtype, name="norm")(x.reshape(b, f, h, w, c))
+        group_norm = nn.GroupNorm(num_groups=self.groups, epsilon=1e-6, dtype=self.dtype, name="norm")
+        # Flax GroupNorm reduces over every axis but the first: [b, f, ...] pools frames, [b*f, ...] does not.
+        y = group_norm(x.reshape(b, f, h, w, c) if self.norm == "video" else x).reshape(b, f, h, w, c)
         y = y.transpose(0, 2, 3, 1, 4).reshape(b * h * w, f, c)
         y = nn.Dense(c, dtype=self.dtype, name="proj_in")(y)
         for k in range(self.depth):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from humandiff.models.attention import SCD_MODES
 from humandiff.models.layers import TimestepEmbedding, conv, group_norm, timestep_embedding
-from humandiff.models.temporal import MotionOptions
+from humandiff.models.temporal import NORM_MODES, MotionOptions
 from humandiff.models.unet_blocks import BlockOptions, DownBlock, MidBlock, UpBlock
 
 DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
@@ -72,7 +72,8 @@ class UNet2DConditionModel(nn.Module):
       remat: rematerialise ResNets and transformers in the backward pass.
       motion_modules: build AnimateDiff-style temporal layers after the spatial ones (video stage); the
         `motion_*` fields mirror diffusers' `MotionAdapter` config. They are skipped in the reference pass
-        (`scd_mode="write"`): the reference is one image.
+        (`scd_mode="write"`): the reference is one image. `motion_norm`: GroupNorm statistics per "video"
+        (diffusers) or per "frame" (original AnimateDiff code); see `humandiff.models.temporal`.
     """
 
     sample_size: Any = None
@@ -110,6 +111,7 @@ class UNet2DConditionModel(nn.Module):
     motion_transformer_layers_per_mid_block: int = 1
     motion_max_seq_length: int = 32
     use_motion_mid_block: bool = True
+    motion_norm: str = "video"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, source: str = "UNet config", **overrides: Any):
@@ -158,6 +160,8 @@ class UNet2DConditionModel(nn.Module):
             raise ValueError(f"unknown pose_injection={self.pose_injection!r} (supported: {POSE_INJECTIONS})")
         if self.interaction not in ("causal", "full"):
             raise ValueError(f"unknown interaction={self.interaction!r} (supported: 'causal', 'full')")
+        if self.motion_norm not in NORM_MODES:
+            raise ValueError(f"{source}: unknown motion_norm={self.motion_norm!r} (supported: {NORM_MODES})")
 
     def _opts(self, scd_mode: str | None, num_frames: int) -> BlockOptions:
         return BlockOptions(self.norm_num_groups, self.norm_eps, self.use_linear_projection,
@@ -170,8 +174,9 @@ class UNet2DConditionModel(nn.Module):
             return [None] * n_levels, None, [None] * n_levels
         heads = _per_level(self.motion_num_attention_heads, n_levels, "motion_num_attention_heads")
         depths = _per_level(self.motion_transformer_layers_per_block, n_levels, "motion_transformer_layers_per_block")
-        down = [MotionOptions(h, d, self.motion_max_seq_length) for h, d in zip(heads, depths)]
-        mid = (MotionOptions(heads[-1], self.motion_transformer_layers_per_mid_block, self.motion_max_seq_length)
+        length, norm = self.motion_max_seq_length, self.motion_norm
+        down = [MotionOptions(h, d, length, norm) for h, d in zip(heads, depths)]
+        mid = (MotionOptions(heads[-1], self.motion_transformer_layers_per_mid_block, length, norm)
                if self.use_motion_mid_block else None)
         return down, mid, down[::-1]
 
@@ -200,6 +205,9 @@ class UNet2DConditionModel(nn.Module):
         n_levels = len(self.down_block_types)
         if sample.shape[0] % num_frames:
             raise ValueError(f"batch {sample.shape[0]} is not a multiple of num_frames={num_frames}")
+        if scd_mode == "joint" and num_frames > 1:
+            raise ValueError(f"scd_mode='joint' pairs one reference with one target entry; for num_frames={num_frames}"
+                             " use the two-pass form (scd_mode='write' then 'read'), whose cache serves every frame")
         layers = _per_level(self.layers_per_block, n_levels, "layers_per_block")
         depths = _per_level(self.transformer_layers_per_block, n_levels, "transformer_layers_per_block")
         heads = _per_level(self.attention_head_dim, n_levels, "attention_head_dim")

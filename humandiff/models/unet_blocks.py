@@ -70,8 +70,12 @@ def _motion(opts: BlockOptions, motion: MotionOptions | None, x: jax.Array, name
     if motion is None:
         return x
     cls = nn.remat(TemporalTransformer) if opts.remat else TemporalTransformer
-    return cls(motion.heads, motion.depth, opts.groups, motion.max_seq_length, opts.num_frames, dtype=opts.dtype,
-               name=name)(x)
+    module = cls(motion.heads, motion.depth, opts.groups, motion.max_seq_length, opts.num_frames, dtype=opts.dtype,
+                 norm=motion.norm, name=name)
+    if opts.scd_mode == "joint":  # [ref ; tgt]: the reference is an image, as in the two-pass form's "write" pass
+        half = x.shape[0] // 2
+        return jnp.concatenate([x[:half], module(x[half:])])
+    return module(x)
 
 
 class DownBlock(nn.Module):

@@ -107,7 +107,12 @@ def load_unet(path: str, *, motion_adapter: str | None = None, allow_pickle: boo
         from humandiff.weights.motion import read_motion_adapter  # pylint: disable=import-outside-toplevel
 
         fields, motion_state = read_motion_adapter(motion_adapter, allow_pickle=allow_pickle)
-        fields.pop("_adapter_config", None)
+        adapter = fields.pop("_adapter_config", {})
+        for key, unet_key in (("motion_norm_num_groups", "norm_num_groups"), ("block_out_channels",) * 2,
+                              ("motion_layers_per_block", "layers_per_block")):  # the adapter must fit this UNet
+            if key in adapter and unet_key in config and adapter[key] != config[unet_key]:
+                raise io.WeightsError(f"{motion_adapter}: {key}={adapter[key]} differs from the UNet's "
+                                      f"{unet_key}={config[unet_key]} ({path})")
         overrides = {"motion_modules": True, **fields, **overrides}
         state = {**state, **motion_state}
         source = f"{path} + {motion_adapter}"
@@ -133,10 +138,14 @@ def unet_config(module: UNet2DConditionModel) -> dict[str, Any]:
 
 
 def save_unet(path: str, module: UNet2DConditionModel, params: Mapping[str, Any]) -> None:
-    """Writes `config.json` + `diffusion_pytorch_model.safetensors` that diffusers' `from_pretrained` reads."""
+    """Writes `config.json` + `diffusion_pytorch_model.safetensors` that diffusers' `from_pretrained` reads.
+
+    Motion modules, if any, are left out (write them with `humandiff.weights.motion.save_motion_adapter`).
+    """
     from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
 
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
         json.dump(unet_config(module), f, indent=2)
-    save_file(to_state_dict(params), os.path.join(path, "diffusion_pytorch_model.safetensors"))
+    spatial = io.unflatten({k: v for k, v in io.flatten(params).items() if "/motion_modules_" not in k})
+    save_file(to_state_dict(spatial), os.path.join(path, "diffusion_pytorch_model.safetensors"))

@@ -5,10 +5,20 @@ Both name the same tensors; the original layout (`mm_sd_v15_v2.ckpt`) says `temp
 Frame-position tables (`pos_encoder.pe` / `pos_embed.pe`) are fixed sinusoids, not parameters: they are dropped
 on load (after a shape check) and regenerated on export. Motion-module parameters live inside the UNet params
 (`down_blocks_i/motion_modules_j/...`, `mid_block/motion_modules_0/...`, `up_blocks_i/motion_modules_j/...`).
+
+The original layout has no config: transformer depths and whether a mid-block module exists are read from the
+keys (`mm_sd_v15.ckpt` has none, `mm_sd_v15_v2.ckpt` has one).
+
+GroupNorm statistics: both layouts load with diffusers' per-video statistics (`motion_norm="video"`), so that a
+model loaded, trained and exported here computes what diffusers computes with the exported adapter. The original
+AnimateDiff code that trained `mm_sd_v15*.ckpt` normalised per frame; pass `motion_norm="frame"` to run a file as
+that code did (diffusers cannot run such a model: the mode is recorded in exported adapter configs under
+`_humandiff_motion_norm`, which diffusers ignores and `read_motion_adapter` restores).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -27,6 +37,9 @@ _POS_KEY = re.compile(r"\.(pos_encoder|pos_embed)\.pe$")
 # MotionAdapter config keys -> UNet fields (the others must agree with the UNet or hold the supported value).
 _ADAPTER_FIELDS = ("motion_num_attention_heads", "motion_transformer_layers_per_block",
                    "motion_transformer_layers_per_mid_block", "motion_max_seq_length", "use_motion_mid_block")
+_NORM_KEY = "_humandiff_motion_norm"  # MotionAdapter config key recording humandiff's GroupNorm mode
+_BLOCK_KEY = re.compile(r"^(down_blocks\.(\d+)|mid_block|up_blocks\.\d+)\.motion_modules\.\d+\..*"
+                        r"transformer_blocks\.(\d+)\.")
 
 
 def original_to_diffusers(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -67,9 +80,37 @@ def _drop_positions(state: Mapping[str, np.ndarray], max_seq_length: int, source
             if value.ndim != 3 or value.shape[1] < max_seq_length:
                 raise io.WeightsError(f"{source}: {key} has shape {tuple(value.shape)}; expected [1, >= "
                                       f"{max_seq_length}, dim] (motion_max_seq_length={max_seq_length})")
+            # Dropping is safe only for the fixed sinusoids; a learned table would be silently lost.
+            table = frame_positions(value.shape[1], value.shape[2])[None]
+            if not np.allclose(np.asarray(value, np.float32), table, rtol=0, atol=1e-4):
+                raise io.WeightsError(f"{source}: {key} is not the sinusoidal frame-position table (max |diff| "
+                                      f"{float(np.abs(value - table).max()):.3g}); learned position tables are not "
+                                      "supported")
             continue
         out[key] = value
     return out
+
+
+def _layout_from_keys(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Transformer depth per down level, mid-block depth and presence, read from original-layout keys."""
+    down: dict[int, int] = {}
+    mid = 0
+    for key in state:
+        m = _BLOCK_KEY.match(key)
+        if not m:
+            continue
+        depth = int(m.group(3)) + 1
+        if m.group(2) is not None:
+            down[int(m.group(2))] = max(down.get(int(m.group(2)), 0), depth)
+        elif m.group(1) == "mid_block":
+            mid = max(mid, depth)
+    fields: dict[str, Any] = {"use_motion_mid_block": mid > 0}
+    if mid:
+        fields["motion_transformer_layers_per_mid_block"] = mid
+    if down:
+        depths = tuple(down[i] for i in sorted(down))
+        fields["motion_transformer_layers_per_block"] = depths[0] if len(set(depths)) == 1 else depths
+    return fields
 
 
 def read_motion_adapter(path: str, *, allow_pickle: bool = False,
@@ -94,6 +135,7 @@ def read_motion_adapter(path: str, *, allow_pickle: bool = False,
         for key, want in checks.items():
             if config.get(key, want) != want:
                 raise io.WeightsError(f"{source}: unsupported {key}={config[key]!r} (supported: {want!r})")
+        unet_fields["motion_norm"] = config.get(_NORM_KEY, "video")
         unet_fields["_adapter_config"] = config
         state = io.read_state_dict(path, allow_pickle=allow_pickle)
     else:
@@ -101,11 +143,11 @@ def read_motion_adapter(path: str, *, allow_pickle: bool = False,
         if not any(".motion_modules." in k for k in raw):
             raise io.WeightsError(f"{path} holds no '*.motion_modules.*' keys; is it an AnimateDiff motion module?")
         lengths = [v.shape[1] for k, v in raw.items() if _POS_KEY.search(k) and v.ndim == 3]
-        unet_fields = {"motion_max_seq_length": min(lengths) if lengths else 32}
-        state = original_to_diffusers(raw)
+        unet_fields = {"motion_max_seq_length": min(lengths) if lengths else 32, **_layout_from_keys(raw)}
+        state = raw
     unet_fields.update(fields)
     state = _drop_positions(state, unet_fields.get("motion_max_seq_length", 32), path)
-    return unet_fields, state
+    return unet_fields, state if os.path.isdir(path) else original_to_diffusers(state)
 
 
 def motion_to_torch(params: Mapping[str, Any], *, layout: str = "diffusers",
@@ -128,3 +170,67 @@ def motion_to_torch(params: Mapping[str, Any], *, layout: str = "diffusers",
     if layout == "original":
         return diffusers_to_original(state, max_seq_length)
     raise ValueError(f"unknown motion-module layout {layout!r}; expected 'diffusers' or 'original'")
+
+
+def adapter_config(module: Any) -> dict[str, Any]:
+    """diffusers `MotionAdapter` config for the motion modules of a UNet module (plus humandiff's norm mode)."""
+    heads, depths = module.motion_num_attention_heads, module.motion_transformer_layers_per_block
+    return {
+        "_class_name": "MotionAdapter",
+        "block_out_channels": list(module.block_out_channels),
+        "motion_layers_per_block": module.layers_per_block,
+        "motion_transformer_layers_per_block": list(depths) if isinstance(depths, (list, tuple)) else depths,
+        "motion_mid_block_layers_per_block": 1,
+        "motion_transformer_layers_per_mid_block": module.motion_transformer_layers_per_mid_block,
+        "motion_num_attention_heads": list(heads) if isinstance(heads, (list, tuple)) else heads,
+        "motion_norm_num_groups": module.norm_num_groups,
+        "motion_max_seq_length": module.motion_max_seq_length,
+        "use_motion_mid_block": module.use_motion_mid_block,
+        "conv_in_channels": None,
+        _NORM_KEY: module.motion_norm,
+    }
+
+
+def _save_safetensors(state: Mapping[str, np.ndarray], path: str) -> None:
+    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}, path)
+
+
+def save_motion_adapter(folder: str, module: Any, params: Mapping[str, Any]) -> str:
+    """Writes the motion modules as a diffusers `MotionAdapter` folder (`MotionAdapter.from_pretrained` reads it).
+
+    Args:
+      folder: output folder (created); gets `config.json` and `diffusion_pytorch_model.safetensors`.
+      module: the `UNet2DConditionModel` (motion fields and block layout come from it).
+      params: its params (only `motion_modules_*` subtrees are written).
+
+    Returns:
+      The folder.
+    """
+    if not module.motion_modules:
+        raise ValueError("save_motion_adapter: the UNet module has motion_modules=False; nothing to export")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(adapter_config(module), f, indent=2, sort_keys=True)
+    state = motion_to_torch(params, layout="diffusers", max_seq_length=module.motion_max_seq_length)
+    _save_safetensors(state, os.path.join(folder, "diffusion_pytorch_model.safetensors"))
+    return folder
+
+
+def save_motion_original(path: str, module: Any, params: Mapping[str, Any]) -> str:
+    """Writes the motion modules in the original AnimateDiff key layout as a `.safetensors` file.
+
+    Args:
+      path: output file, ending in `.safetensors` (pickle is never written).
+      module: the `UNet2DConditionModel` (for `motion_max_seq_length`).
+      params: its params.
+
+    Returns:
+      The path.
+    """
+    if not path.endswith(".safetensors"):
+        raise ValueError(f"save_motion_original writes safetensors only; got {path!r}")
+    state = motion_to_torch(params, layout="original", max_seq_length=module.motion_max_seq_length)
+    _save_safetensors(state, path)
+    return path
