@@ -5,10 +5,12 @@ CLIPVisionModelWithProjection `image_encoder` folder. Defaults follow the public
 (AnimateAnyone stage 1): lr 1e-5, zero-terminal-SNR v-prediction, noise offset 0.05, min-SNR gamma 5, condition
 dropout 0.1, reference at t=0.
 
-    python -m humandiff.train --config configs/sd15_image.py:sd15=/models/sd15,image_encoder=/models/clip_img,data_dir=/data/built \
+    python -m humandiff.train \
+        --config configs/sd15_image.py:sd15=/models/sd15,image_encoder=/models/clip_img,data_dir=/data/built \
         --config.data.name=tiktok --workdir /work/scd_stage1
 
-Args: sd15 (folder with unet/ and vae/), image_encoder (folder), data_dir (built datasets), runlocal, interaction, use_ref_pose, form.
+Args: sd15 (folder with unet/ and vae/), image_encoder (folder), data_dir (built datasets), runlocal, interaction,
+use_ref_pose, form.
 """
 
 import os

@@ -18,7 +18,8 @@ def get_config(arg=None):
     arg = config_lib.parse_arg(arg, sd15="", image_encoder="", data_dir="", runlocal=False, interaction="causal",
                                use_ref_pose=False, form="two_pass")
     image = config_lib.load_sibling(__file__, "sd15_image")
-    c = image.get_config(f"sd15={arg.sd15},image_encoder={arg.image_encoder},data_dir={arg.data_dir},interaction={arg.interaction},"
+    c = image.get_config(f"sd15={arg.sd15},image_encoder={arg.image_encoder},data_dir={arg.data_dir},"
+                         f"interaction={arg.interaction},"
                          f"use_ref_pose={arg.use_ref_pose},form={arg.form}")
     c.task = "tryon"  # masked forward process + masked loss; batch carries tryon_mask
     c.total_steps = 20_000  # optimizer steps

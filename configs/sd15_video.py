@@ -4,7 +4,8 @@
 stage1=/work/scd_stage1,motion=/models/mm_sd_v15_v2.safetensors,data_dir=/data/built \
         --workdir /work/scd_stage2
 
-Args: those of sd15_image (incl. data_dir), plus stage1 (stage-1 workdir) and motion (AnimateDiff motion-module safetensors).
+Args: those of sd15_image (incl. data_dir), plus stage1 (stage-1 workdir) and motion (AnimateDiff motion modules:
+a MotionAdapter folder or a .safetensors file).
 """
 
 from humandiff import config_lib
@@ -15,7 +16,8 @@ def get_config(arg=None):
     arg = config_lib.parse_arg(arg, sd15="", image_encoder="", data_dir="", stage1="", motion="", runlocal=False,
                                interaction="causal", use_ref_pose=True)
     image = config_lib.load_sibling(__file__, "sd15_image")
-    c = image.get_config(f"sd15={arg.sd15},image_encoder={arg.image_encoder},data_dir={arg.data_dir},interaction={arg.interaction},"
+    c = image.get_config(f"sd15={arg.sd15},image_encoder={arg.image_encoder},data_dir={arg.data_dir},"
+                         f"interaction={arg.interaction},"
                          f"use_ref_pose={arg.use_ref_pose},form=two_pass")
     c.task = "video"  # clips of num_frames target frames sharing one reference cache
     c.total_steps = 10_000  # optimizer steps

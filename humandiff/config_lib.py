@@ -238,10 +238,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _one_of(config, "sample.timestep_spacing", TIMESTEP_SPACINGS)
     _one_of(config, "data.source", DATA_SOURCES)
     for key in ("optim.lr", "total_steps", "batch_size", "data.num_frames", "data.stride",
-                            "diffusion.num_train_timesteps", "log_every", "ckpt.every", "ckpt.keep", "sample.num_steps"):
+                "diffusion.num_train_timesteps", "log_every", "ckpt.every", "ckpt.keep", "sample.num_steps"):
         _positive(config, key)
     for key in ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "diffusion.noise_offset",
-                            "diffusion.snr_gamma", "sample.every", "sample.guidance_scale"):
+                "diffusion.snr_gamma", "sample.every", "sample.guidance_scale"):
         _positive(config, key, allow_zero=True)
     for key in ("optim.ema_decay", "data.drop_prob", "optim.b1", "optim.b2"):
         _fraction(config, key)
@@ -286,7 +286,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         batch_shards = shape[0] * shape[1]
         if config.batch_size % batch_shards:
             _fail("batch_size", config.batch_size,
-                        f"not divisible by the data*fsdp mesh size {batch_shards} (mesh {shape}, {num_devices} devices)")
+                  f"not divisible by the data*fsdp mesh size {batch_shards} (mesh {shape}, {num_devices} devices)")
 
 
 def shrink_for_local(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

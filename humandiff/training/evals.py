@@ -90,7 +90,8 @@ def evaluate(models: Models, config, params: Any, *, num_videos: int, num_frames
     with_ref = np.asarray(sample_fn(params, inputs, rng, config.sample.guidance_scale))
     no_ref = np.asarray(sample_fn(params, inputs, rng, 0.0))
     copy = np.broadcast_to(inputs["ref_image"][:, None], truth.shape)
-    metrics = {"psnr_scd": psnr(with_ref, truth), "psnr_no_ref": psnr(no_ref, truth), "psnr_copy_ref": psnr(copy, truth)}
+    metrics = {"psnr_scd": psnr(with_ref, truth), "psnr_no_ref": psnr(no_ref, truth),
+               "psnr_copy_ref": psnr(copy, truth)}
     return metrics, {"inputs": inputs, "sample": with_ref, "no_ref": no_ref, "truth": truth}
 
 
