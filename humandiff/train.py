@@ -57,7 +57,9 @@ def _overlay(params: dict, loaded: dict, source: str) -> dict:
             return leaf
         if tuple(flat[key].shape) != tuple(leaf.shape):
             raise ValueError(f"{source}: {key} has shape {tuple(flat[key].shape)}, model expects {tuple(leaf.shape)}")
-        return jax.device_put(np.asarray(flat[key], leaf.dtype), leaf.sharding)
+        value = np.asarray(flat[key], leaf.dtype)
+        # Works on every process of a multi-host mesh (device_put needs addressable devices).
+        return jax.make_array_from_callback(value.shape, leaf.sharding, lambda index: value[index])
 
     return jax.tree_util.tree_map_with_path(one, params)
 
@@ -135,9 +137,18 @@ def compile_step(config, models, mesh, state, frozen, state_sh, frozen_sh, examp
     return compiled
 
 
+@functools.lru_cache(maxsize=8)
+def _rng_fn(mesh):
+    return jax.jit(lambda seed, step: jax.random.fold_in(jax.random.key(seed), step),
+                   out_shardings=sharding.replicated(mesh))
+
+
 def step_rng(seed: int, step: int, mesh) -> jax.Array:
-    """Per-step key, a pure function of (seed, step): resuming at step k reproduces the straight run."""
-    return jax.device_put(jax.random.fold_in(jax.random.key(seed), step), sharding.replicated(mesh))
+    """Per-step key, a pure function of (seed, step): resuming at step k reproduces the straight run.
+
+    Made by a jitted function with a replicated output sharding, so it is a global array on every process.
+    """
+    return _rng_fn(mesh)(np.uint32(seed), np.uint32(step))
 
 
 def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None = None,
