@@ -49,6 +49,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["humandiff", "humandiff.*", "data_pipelines", "data_pipelines.*"]),
+    package_data={"humandiff.metrics": ["splits/*.txt"]},  # shipped TikTok / UBC-Fashion test-split id lists
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "torch": TORCH,

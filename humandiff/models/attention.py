@@ -192,7 +192,9 @@ class Transformer2DModel(nn.Module):
             proj = lambda f, name: nn.Conv(f, (1, 1), dtype=self.dtype, name=name)  # noqa: E731
         x = proj(inner, "proj_in")(x).reshape(n, h * w, inner)
         for i in range(self.depth):
-            x = BasicTransformerBlock(self.heads, self.dim_head, self.scd_mode, self.interaction, self.attention_impl,
-                                      self.attention_config, dtype=self.dtype, name=f"transformer_blocks_{i}")(x, context, ref_keep)
+            block = BasicTransformerBlock(self.heads, self.dim_head, self.scd_mode, self.interaction,
+                                          self.attention_impl, self.attention_config, dtype=self.dtype,
+                                          name=f"transformer_blocks_{i}")
+            x = block(x, context, ref_keep)
         x = proj(c, "proj_out")(x.reshape(n, h, w, inner))
         return x + residual.astype(x.dtype)

@@ -138,10 +138,14 @@ def unet_config(module: UNet2DConditionModel) -> dict[str, Any]:
 
 
 def save_unet(path: str, module: UNet2DConditionModel, params: Mapping[str, Any]) -> None:
-    """Writes `config.json` + `diffusion_pytorch_model.safetensors` that diffusers' `from_pretrained` reads."""
+    """Writes `config.json` + `diffusion_pytorch_model.safetensors` that diffusers' `from_pretrained` reads.
+
+    Motion modules, if any, are left out (write them with `humandiff.weights.motion.save_motion_adapter`).
+    """
     from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
 
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
         json.dump(unet_config(module), f, indent=2)
-    save_file(to_state_dict(params), os.path.join(path, "diffusion_pytorch_model.safetensors"))
+    spatial = io.unflatten({k: v for k, v in io.flatten(params).items() if "/motion_modules_" not in k})
+    save_file(to_state_dict(spatial), os.path.join(path, "diffusion_pytorch_model.safetensors"))

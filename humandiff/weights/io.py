@@ -37,11 +37,17 @@ def read_config(path: str) -> dict[str, Any]:
     return config
 
 
+def _prefer_plain(names: list[str], suffixes: tuple[str, ...]) -> list[str]:
+    """Drops precision variants (`model.fp16.safetensors`) when plain files (`model.safetensors`) are present."""
+    plain = [n for n in names if "." not in n[: -len(next(s for s in suffixes if n.endswith(s)))]]
+    return plain or names
+
+
 def _weight_files(folder: str) -> tuple[list[str], list[str]]:
     names = sorted(os.listdir(folder))
-    safe = [os.path.join(folder, n) for n in names if n.endswith(SAFETENSORS_SUFFIX)]
-    pickles = [os.path.join(folder, n) for n in names if n.endswith(PICKLE_SUFFIXES)]
-    return safe, pickles
+    safe = _prefer_plain([n for n in names if n.endswith(SAFETENSORS_SUFFIX)], (SAFETENSORS_SUFFIX,))
+    pickles = _prefer_plain([n for n in names if n.endswith(PICKLE_SUFFIXES)], PICKLE_SUFFIXES)
+    return [os.path.join(folder, n) for n in safe], [os.path.join(folder, n) for n in pickles]
 
 
 def _load_pickle(path: str, allow_pickle: bool) -> dict[str, np.ndarray]:
@@ -88,8 +94,9 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
 def read_state_dict(path: str, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
     """Reads a torch-style state dict from a weight file or a folder of them.
 
-    A folder is read from all of its `*.safetensors` files (sharded checkpoints included); pickle files are
-    used only when no safetensors file is there and `allow_pickle` is set.
+    A folder is read from all of its `*.safetensors` files (sharded checkpoints included; precision variants
+    such as `*.fp16.safetensors` only when no plain file is there); pickle files are used only when no
+    safetensors file is there and `allow_pickle` is set.
 
     Args:
       path: a `.safetensors` / pickle file, or a folder holding them.

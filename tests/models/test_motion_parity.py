@@ -12,11 +12,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from humandiff.models.init import numpy_init  # noqa: E402
 from humandiff.models.temporal import TemporalTransformer  # noqa: E402
-from humandiff.models.unet import UNet2DConditionModel  # noqa: E402
 from humandiff.weights import io, load_unet  # noqa: E402
-from humandiff.weights.motion import diffusers_to_original, motion_to_torch  # noqa: E402
+from humandiff.weights.diffusers import save_unet  # noqa: E402
+from humandiff.weights.motion import diffusers_to_original, motion_to_torch, save_motion_adapter  # noqa: E402
 
 UNET = dict(block_out_channels=(16, 32), layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8, attention_head_dim=(2, 4),
@@ -86,25 +85,23 @@ def test_original_layout_and_export_round_trip(oracle, tmp_path):
 
 
 def test_zero_init_motion_modules_are_identity(oracle):
-    _, _, x, ctx, _ = oracle
+    root, _, x, ctx, _ = oracle
     # A motion module's own init zeroes proj_out (kernel and bias) ...
     mm = TemporalTransformer(heads=2, groups=8, num_frames=F)
-    mm_params = jax.jit(mm.init)(jax.random.PRNGKey(0), jnp.ones((B * F, 2, 2, 16)))["params"]
+    mm_params = jax.jit(mm.init)(jax.random.key(0, impl="rbg"), jnp.ones((B * F, 2, 2, 16)))["params"]
     assert not np.any(np.asarray(mm_params["proj_out"]["kernel"]))
     assert not np.any(np.asarray(mm_params["proj_out"]["bias"]))
     # ... so a video UNet whose motion modules have zero proj_out gives the image UNet's per-frame output.
-    # (numpy_init elsewhere: jit(unet.init) compiles for ~30 s on a CPU.)
-    video = UNet2DConditionModel.from_config(UNET, motion_modules=True, motion_num_attention_heads=(2, 4),
-                                             motion_max_seq_length=8)
-    image = UNet2DConditionModel.from_config(UNET)
-    args = (jnp.zeros((B * F, H, W, 4)), jnp.zeros((B * F,)), jnp.zeros((B * F, 2, 8)))
-    params = numpy_init(image, *args)
-    flat = io.flatten(numpy_init(video, *args, seed=1, num_frames=F))
+    # (Same module and shapes as the parity test, so its compiled program is reused.)
+    video, params = load_unet(str(root / "unet"), motion_adapter=str(root / "adapter"))
+    image, image_params = load_unet(str(root / "unet"))
+    flat = io.flatten(params)
     flat = {k: (jnp.zeros_like(v) if "/proj_out/" in k and "/motion_modules_" in k else v) for k, v in flat.items()}
-    flat.update(io.flatten(params))
-    np.testing.assert_allclose(_run(video, io.unflatten(flat), x, ctx), _run(image, params, x, ctx), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_run(video, io.unflatten(flat), x, ctx), _run(image, image_params, x, ctx),
+                               rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_scd_video_target_pass_with_motion_modules(oracle):
     from humandiff.models import scd  # pylint: disable=import-outside-toplevel
 
@@ -120,3 +117,15 @@ def test_scd_video_target_pass_with_motion_modules(oracle):
     plain = _run(module, params, x, ctx)
     empty = np.asarray(target(params, scd.empty_cache(cache))).reshape(B, F, H, W, 4).transpose(0, 4, 1, 2, 3)
     np.testing.assert_allclose(empty, plain, rtol=0, atol=1e-5 * float(np.abs(plain).max()))
+
+
+def test_save_unet_and_motion_adapter_reload_in_diffusers(oracle, tmp_path):
+    root, adapter, *_ = oracle
+    module, params = load_unet(str(root / "unet"), motion_adapter=str(root / "adapter"))
+    save_unet(str(tmp_path / "unet"), module, params)
+    save_motion_adapter(str(tmp_path / "adapter"), module, params)
+    diffusers.UNet2DConditionModel.from_pretrained(str(tmp_path / "unet"))  # no motion keys in the image UNet
+    again = diffusers.MotionAdapter.from_pretrained(str(tmp_path / "adapter"))
+    assert tuple(again.config.motion_num_attention_heads) == tuple(adapter.config.motion_num_attention_heads)
+    for k, v in adapter.state_dict().items():
+        np.testing.assert_allclose(again.state_dict()[k].numpy(), v.numpy(), rtol=0, atol=1e-6, err_msg=k)

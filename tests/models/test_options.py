@@ -54,3 +54,29 @@ def test_remat_same_grads_and_bf16_runs():
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: np.allclose(a, b, atol=1e-5), g0, g1))
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(g2))
     assert abs(float(v2) - float(v0)) < 0.05 * abs(float(v0))
+
+
+def test_pose_injection_at_input_adds_to_the_latent():
+    unet = UNet2DConditionModel(**TINY, pose_injection="input")
+    rng = np.random.default_rng(0)
+    z, feats = (jnp.asarray(rng.standard_normal((2, 4, 4, 4), np.float32)) for _ in range(2))
+    c = jnp.ones((2, 1, 8))
+    params = numpy_init(unet, z, jnp.zeros((2,)), c)
+    run = jax.jit(lambda zz, f: unet.apply({"params": params}, zz, 5.0, c, pose_features=f))
+    np.testing.assert_allclose(run(z, feats), run(z + feats, jnp.zeros_like(feats)), rtol=0, atol=1e-5)
+
+
+def test_full_sd15_scd_passes_trace_at_512px():
+    """Shapes only (jax.eval_shape): SD-1.5 at 64x64 latents, reference write then a 2-frame target read."""
+    unet = UNet2DConditionModel(cross_attention_dim=768)
+    z, c = jax.ShapeDtypeStruct((1, 64, 64, 4), jnp.float32), jax.ShapeDtypeStruct((1, 1, 768), jnp.float32)
+    params = jax.eval_shape(lambda a, b: unet.init(jax.random.PRNGKey(0), a, jnp.zeros((1,)), b), z, c)["params"]
+    cache = jax.eval_shape(lambda p, a, b: scd.reference_pass(unet, p, a, b), params, z, c)
+    sizes = sorted({x.shape[1:] for x in jax.tree_util.tree_leaves(cache)})
+    # 16 spatial self-attentions; head dims 40 / 80 / 160 at 64x64 / 32x32 / 16x16 (and 8x8 in the mid block).
+    assert len(jax.tree_util.tree_leaves(cache)) == 32
+    assert sizes == [(64, 8, 160), (256, 8, 160), (1024, 8, 80), (4096, 8, 40)]
+    z2, c2 = jax.ShapeDtypeStruct((2, 64, 64, 4), jnp.float32), jax.ShapeDtypeStruct((2, 1, 768), jnp.float32)
+    read = lambda p, k, a, b: scd.target_pass(unet, p, k, a, 10.0, b, num_frames=2)  # noqa: E731
+    out = jax.eval_shape(read, params, cache, z2, c2)
+    assert out.shape == (2, 64, 64, 4)

@@ -21,10 +21,10 @@ CONFIGS = {
         block_out_channels=(32, 64), layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16, attention_head_dim=(2, 4),
         norm_num_groups=8, use_linear_projection=False, sample_size=8),
-    # Linear projections, three levels, heads (1, 2, 4), two transformer layers in the middle level, and an input
-    # whose sides are not multiples of 4 (exercises diffusers' forwarded upsample size).
+    # Linear projections, three levels, heads (1, 2, 4), two transformer layers in the middle level, two layers per
+    # block in the first level, and an input whose sides are not multiples of 4 (diffusers' forwarded upsample size).
     "linear_proj": dict(
-        block_out_channels=(16, 32, 32), layers_per_block=2,
+        block_out_channels=(16, 32, 32), layers_per_block=(2, 1, 1),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=24,
         attention_head_dim=(1, 2, 4), transformer_layers_per_block=(1, 2, 1), norm_num_groups=8,

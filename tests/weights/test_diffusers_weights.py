@@ -163,3 +163,26 @@ def test_save_unet_reloads_in_diffusers_with_same_outputs(tiny, tmp_path):
     ctx = torch.randn(1, 2, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         np.testing.assert_array_equal(again(x, 5, ctx).sample.numpy(), model(x, 5, ctx).sample.numpy())
+
+
+def test_vae_legacy_attention_names_load(tmp_path):
+    """Older VAE checkpoints name the mid-block attention query/key/value/proj_attn; they load the same."""
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=2)
+    vae.save_pretrained(tmp_path / "new")
+    legacy = {}
+    for k, v in vae.state_dict().items():
+        renames = ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn."))
+        for new, old in renames:
+            k = k.replace(new, old)
+        legacy[k] = v.contiguous()
+    assert any(".proj_attn." in k for k in legacy)
+    os.makedirs(tmp_path / "old")
+    shutil.copy(tmp_path / "new" / "config.json", tmp_path / "old" / "config.json")
+    save_file(legacy, str(tmp_path / "old" / "diffusion_pytorch_model.safetensors"))
+    _, new = load_vae(str(tmp_path / "new"))
+    _, old = load_vae(str(tmp_path / "old"))
+    for k, v in io.flatten(new).items():
+        np.testing.assert_array_equal(np.asarray(io.flatten(old)[k]), np.asarray(v), err_msg=k)

@@ -57,3 +57,11 @@ def test_validate_lists_every_problem():
 def test_flatten_roundtrip():
     tree = {"a": {"b": 1, "c": {"d": 2}}, "e": 3}
     assert io.unflatten(io.flatten(tree)) == tree
+
+
+def test_precision_variant_ignored_beside_plain_file(tmp_path):
+    save_file({"w": np.ones(2, np.float32)}, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    save_file({"w": np.zeros(2, np.float16)}, str(tmp_path / "diffusion_pytorch_model.fp16.safetensors"))
+    np.testing.assert_array_equal(io.read_state_dict(str(tmp_path))["w"], np.ones(2))
+    (tmp_path / "diffusion_pytorch_model.safetensors").unlink()
+    assert io.read_state_dict(str(tmp_path))["w"].dtype == np.float16  # only the variant: use it
