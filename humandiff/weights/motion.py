@@ -269,7 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read a pickle file (torch.load(weights_only=True)); only for files you trust")
     args = parser.parse_args(argv)
-    print(convert_to_safetensors(args.src, args.dst, allow_pickle=args.allow_pickle))
+    try:
+        print(convert_to_safetensors(args.src, args.dst, allow_pickle=args.allow_pickle))
+    except (io.WeightsError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
 
 
 if __name__ == "__main__":
