@@ -1,0 +1,160 @@
+"""Sampler throughput: seconds per frame, and the cached two-stage vs recompute-every-step speed ratio.
+
+    PYTHONPATH=. python benchmarks/sampler.py                  # tiny UNet, 20 steps (about a minute on a CPU)
+    PYTHONPATH=. python benchmarks/sampler.py --sd15 --steps 1 # SD-1.5 UNet shapes (random weights)
+
+Both modes run the full jitted pipeline (`humandiff.diffusion.pipeline.generate`) with CFG (2 branches) on one
+reference and F target frames, no VAE (latent-space timing):
+- cached: reference pass once (K/V cache), then per step one UNet call on the 2F target entries;
+- joint: per step one joint UNet call on 2F reference copies + 2F target entries (the recompute oracle).
+Counted FLOPs (XLA `cost_analysis` of the preparation and of one step) give the FLOP ratio; times are medians of
+alternated A/B runs after one compile + warm-up each. Writes benchmarks/results/sampler_<backend>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from humandiff.diffusion import pipeline, samplers
+from humandiff.diffusion.schedules import ScheduleConfig
+from humandiff.models.init import numpy_init
+from humandiff.models.pose_encoder import PoseEncoder
+from humandiff.models.unet import UNet2DConditionModel
+
+TINY = dict(block_out_channels=(32, 64), layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=4,
+            norm_num_groups=8)
+SD15 = dict(cross_attention_dim=768)  # the module defaults are SD-1.5's UNet
+
+
+def build(sd15: bool, latent: int):
+    """Random UNet + pose encoder (latent space without a VAE: 3 channels so the pipeline's image path applies)."""
+    unet = UNet2DConditionModel(in_channels=3, out_channels=3, **(SD15 if sd15 else TINY))
+    c0 = unet.block_out_channels[0]
+    pose = PoseEncoder(out_channels=c0, block_out_channels=(16,))
+    x = jax.ShapeDtypeStruct((1, latent, latent, 3), jnp.float32)
+    params = {
+        "unet": numpy_init(unet, x, jax.ShapeDtypeStruct((1,), jnp.float32),
+                           jax.ShapeDtypeStruct((1, 1, unet.cross_attention_dim), jnp.float32)),
+        "pose_encoder": numpy_init(pose, x, seed=1),
+    }
+    return pipeline.Models(unet=unet, pose_encoder=pose), params
+
+
+def flops_of(stage) -> float | None:
+    """FLOPs from XLA's cost analysis of a `Lowered` or `Compiled` stage (None when unavailable)."""
+    cost = stage.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def step_flops(models, params, cfg, inputs) -> tuple[float | None, float | None]:
+    """(FLOPs of the per-sample preparation incl. the reference pass, FLOPs of ONE guided denoising step).
+
+    `cost_analysis` counts a `lax.scan` body once, so the whole-sampler numbers cannot give per-step cost; the step
+    is measured as cost(prepare + 1 step) - cost(prepare).
+    """
+    f = inputs["poses"].shape[1]
+    x = jnp.zeros((1, f) + inputs["ref_image"].shape[1:], jnp.float32)
+    prep = jax.jit(lambda p, i: jax.tree_util.tree_leaves(
+        [pipeline.prepare_condition(models, cfg, p, i).__dict__]))
+    one = jax.jit(lambda p, i, x: pipeline.video_prediction(
+        models, p, cfg, pipeline.prepare_condition(models, cfg, p, i), x, jnp.float32(500.0), jnp.float32(3.5)))
+    a = flops_of(prep.lower(params, inputs))  # HLO cost analysis before compilation: no codegen needed
+    b = flops_of(one.lower(params, inputs, x))
+    return a, (b - a) if a is not None and b is not None else None
+
+
+def run(args) -> dict:
+    models, params = build(args.sd15, args.latent)
+    rng = np.random.default_rng(0)
+    n, f = args.latent, args.frames
+    inputs = {"ref_image": jnp.asarray(rng.uniform(-1, 1, (1, n, n, 3)), jnp.float32),
+              "ref_pose": jnp.asarray(rng.uniform(0, 1, (1, n, n, 3)), jnp.float32),
+              "poses": jnp.asarray(rng.uniform(0, 1, (1, f, n, n, 3)), jnp.float32)}
+    sampler = samplers.make_sampler(ScheduleConfig(zero_terminal_snr=True, prediction_type="v_prediction"), "ddim",
+                                    args.steps)
+    key, guidance = jax.random.key(0), jnp.float32(3.5)
+    fns, rows = {}, {}
+    for mode in ("cached", "joint"):
+        cfg = pipeline.SamplingConfig(mode=mode, window=max(16, f))
+        jitted = pipeline.make_generator(models, cfg).jitted
+        t0 = time.perf_counter()
+        compiled = jitted.lower(params, sampler, inputs, key, guidance).compile()
+        compile_s = time.perf_counter() - t0
+        jax.block_until_ready(compiled(params, sampler, inputs, key, guidance))  # warm-up
+        fns[mode] = compiled
+        prep, step = step_flops(models, params, cfg, inputs)
+        rows[mode] = {"compile_s": round(compile_s, 2), "prepare_flops": prep, "step_flops": step, "times": []}
+    for _ in range(args.iters):  # alternate A/B so load drift hits both
+        for mode, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(params, sampler, inputs, key, guidance))
+            rows[mode]["times"].append(time.perf_counter() - t0)
+    for row in rows.values():
+        row["median_s"] = statistics.median(row["times"])
+        row["seconds_per_frame"] = row["median_s"] / f
+    ratio = rows["joint"]["median_s"] / rows["cached"]["median_s"]
+    paired = [j / c for c, j in zip(rows["cached"]["times"], rows["joint"]["times"])]
+    c, j = rows["cached"], rows["joint"]
+    flop_ratio = None
+    if None not in (c["prepare_flops"], c["step_flops"], j["prepare_flops"], j["step_flops"]):
+        flop_ratio = (j["prepare_flops"] + args.steps * j["step_flops"]) / (c["prepare_flops"] + args.steps *
+                                                                            c["step_flops"])
+    return {
+        "config": "sd15" if args.sd15 else "tiny", "latent": n, "frames": f, "steps": args.steps, "cfg_branches": 2,
+        "unet_params": int(sum(x.size for x in jax.tree_util.tree_leaves(params["unet"]))),
+        "cached": rows["cached"], "joint": rows["joint"], "speedup_cached_vs_joint": ratio,
+        "speedup_paired_median": statistics.median(paired),
+        "speedup_of_minima": min(rows["joint"]["times"]) / min(rows["cached"]["times"]),
+        "flop_ratio_joint_over_cached": flop_ratio,
+        "ideal_ratio_formula": "joint/cached = 2*S*2F / (2*S*F + 1) UNet entry-passes (S steps, F frames, 2 CFG "
+                               "branches; cached adds one reference pass)",
+        "ideal_ratio": (2 * args.steps * 2 * f) / (2 * args.steps * f + 1),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sd15", action="store_true", help="SD-1.5 UNet shapes (random weights)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--latent", type=int, default=16, help="latent side (SD-1.5 at 512 px: 64)")
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/sampler_<backend>.json)")
+    args = p.parse_args(argv)
+    result = run(args)
+    backend = jax.default_backend()
+    result["machine"] = {"backend": backend, "device": str(jax.devices()[0]), "cpu": platform.processor() or
+                         platform.machine(), "cores": os.cpu_count(), "load_avg": os.getloadavg(),
+                         "jax": jax.__version__}
+    out = args.out or os.path.join(os.path.dirname(__file__), "results", f"sampler_{backend}.json")
+    existing = {}
+    if os.path.isfile(out):
+        with open(out, encoding="utf-8") as fh:
+            existing = json.load(fh)
+    existing[result["config"]] = result
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as fh:
+        json.dump(existing, fh, indent=2)
+    c, j = result["cached"], result["joint"]
+    print(f"{result['config']}: cached {c['seconds_per_frame']:.4f} s/frame, joint {j['seconds_per_frame']:.4f} "
+          f"s/frame, speedup {result['speedup_cached_vs_joint']:.2f}x (paired median "
+          f"{result['speedup_paired_median']:.2f}x, of minima {result['speedup_of_minima']:.2f}x; FLOP ratio "
+          f"{result['flop_ratio_joint_over_cached']}, ideal {result['ideal_ratio']:.2f}) -> {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Loads an SCD model for sampling from local files (nothing is downloaded).
+
+Accepted today: a diffusers-layout folder
+
+    CKPT/unet/            config.json + diffusion_pytorch_model.safetensors   (required)
+    CKPT/vae/             AutoencoderKL                                     (optional: pixel space without it)
+    CKPT/image_encoder/   transformers CLIPVisionModelWithProjection         (optional: zero context without it)
+    CKPT/scheduler/       scheduler_config.json                              (optional: schedule defaults)
+    CKPT/pose_encoder.safetensors  or  CKPT/pose_encoder/*.safetensors      (or --pose-encoder FILE)
+
+The pose-encoder file holds a torch-style state dict (`conv_in.weight`, `blocks.0.weight`, ..., `conv_out.weight`,
+as `humandiff.weights.pose.pose_encoder_to_torch` writes); its architecture is read from the tensor shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any
+
+from humandiff.diffusion.pipeline import Models
+from humandiff.diffusion.schedules import ScheduleConfig, schedule_config_from
+from humandiff.weights import io
+
+
+@dataclasses.dataclass
+class Loaded:
+    """What the sampler needs: modules, parameters, schedule and the checkpoint's sampler defaults."""
+
+    models: Models
+    params: dict
+    schedule: ScheduleConfig
+    spacing: str = "trailing"
+    steps_offset: int = 0
+    sources: dict = dataclasses.field(default_factory=dict)
+
+
+def _find_pose_encoder(ckpt: str) -> str | None:
+    for cand in (os.path.join(ckpt, "pose_encoder.safetensors"), os.path.join(ckpt, "pose_encoder")):
+        if os.path.exists(cand):
+            return cand
+    return None
+
+
+def load_pose_encoder(path: str, *, allow_pickle: bool = False) -> tuple[Any, dict]:
+    """A `PoseEncoder` from a torch-style state dict file/folder; channels are inferred from the weights.
+
+    Raises:
+      WeightsError: missing file, or tensors that do not form a pose encoder (names the offending key).
+    """
+    from humandiff.models.pose_encoder import PoseEncoder  # noqa: PLC0415
+    from humandiff.weights.diffusers import params_from_state_dict  # noqa: PLC0415
+    from humandiff.weights.pose import pose_encoder_shapes  # noqa: PLC0415
+
+    if not os.path.exists(path):
+        raise io.WeightsError(f"pose encoder weights not found: {path}")
+    state = io.read_state_dict(path, allow_pickle=allow_pickle)
+    prefix = "controlnet_cond_embedding." if any(k.startswith("controlnet_cond_embedding.") for k in state) else ""
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    for key in ("conv_in.weight", "conv_out.weight"):
+        if key not in state:
+            raise io.WeightsError(f"{path}: not a pose encoder state dict (missing {prefix}{key})")
+    blocks = sorted(int(m.group(1)) for k in state if (m := re.fullmatch(r"blocks\.(\d+)\.weight", k)))
+    chans = [int(state["conv_in.weight"].shape[0])]
+    chans += [int(state[f"blocks.{i}.weight"].shape[0]) for i in blocks if i % 2 == 1]
+    module = PoseEncoder(out_channels=int(state["conv_out.weight"].shape[0]), block_out_channels=tuple(chans))
+    params = params_from_state_dict(state, pose_encoder_shapes(module), path)
+    return module, params
+
+
+def _match_pose_injection(unet: Any, channels: int, source: str) -> Any:
+    """Pose features are added after conv_in (block_out_channels[0] wide) or to the latent input (in_channels)."""
+    if channels == unet.block_out_channels[0]:
+        return unet.clone(pose_injection="conv_in")
+    if channels == unet.in_channels:
+        return unet.clone(pose_injection="input")
+    raise ValueError(f"{source}: pose encoder outputs {channels} channels; the UNet needs "
+                     f"{unet.block_out_channels[0]} (conv_in injection) or {unet.in_channels} (input injection)")
+
+
+def load_checkpoint(path: str, *, pose_encoder: str | None = None, allow_pickle: bool = False,
+                    unet_overrides: dict | None = None) -> Loaded:
+    """Loads a diffusers-layout folder (see the module docstring) into a `Loaded`.
+
+    Args:
+      path: checkpoint folder.
+      pose_encoder: pose-encoder weight file overriding the one in the folder.
+      allow_pickle: opt in to pickle weight files (`torch.load(weights_only=True)`).
+      unet_overrides: extra UNet fields (attention_impl, dtype, interaction, pose_injection, ...).
+
+    Raises:
+      FileNotFoundError / WeightsError / ValueError with the offending path.
+    """
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint folder not found: {path}")
+    unet_dir = os.path.join(path, "unet")
+    if not os.path.isdir(unet_dir):
+        raise ValueError(f"{path} is not a diffusers-layout checkpoint: no unet/ folder (training checkpoints are "
+                         "not supported by the sampler yet)")
+    from humandiff.weights import load_unet, load_vae  # noqa: PLC0415
+
+    sources = {"unet": unet_dir}
+    unet, unet_params = load_unet(unet_dir, allow_pickle=allow_pickle, **(unet_overrides or {}))
+    params = {"unet": unet_params}
+    vae = image_encoder = pose = None
+    if os.path.isdir(os.path.join(path, "vae")):
+        sources["vae"] = os.path.join(path, "vae")
+        vae, params["vae"] = load_vae(sources["vae"], allow_pickle=allow_pickle)
+    if os.path.isdir(os.path.join(path, "image_encoder")):
+        from humandiff.weights.clip import load_image_encoder  # noqa: PLC0415
+
+        sources["image_encoder"] = os.path.join(path, "image_encoder")
+        image_encoder, params["image_encoder"] = load_image_encoder(sources["image_encoder"],
+                                                                   allow_pickle=allow_pickle)
+    pose_path = pose_encoder or _find_pose_encoder(path)
+    if pose_path is None:
+        raise FileNotFoundError(f"no pose encoder: put pose_encoder.safetensors in {path} or pass --pose-encoder")
+    sources["pose_encoder"] = pose_path
+    pose, params["pose_encoder"] = load_pose_encoder(pose_path, allow_pickle=allow_pickle)
+    unet = _match_pose_injection(unet, pose.out_channels, pose_path)
+    sched_cfg, spacing, offset = ScheduleConfig(), "leading", 1  # SD-1.5 scheduler defaults
+    sched_file = os.path.join(path, "scheduler", "scheduler_config.json")
+    if os.path.isfile(sched_file):
+        raw = io.read_config(sched_file)
+        sources["scheduler"] = sched_file
+        sched_cfg = schedule_config_from(raw)
+        spacing = raw.get("timestep_spacing", "trailing" if sched_cfg.zero_terminal_snr else "leading")
+        offset = int(raw.get("steps_offset", 0))
+    models = Models(unet=unet, pose_encoder=pose, vae=vae, image_encoder=image_encoder)
+    return Loaded(models, params, sched_cfg, spacing, offset, sources)
