@@ -3,6 +3,7 @@
 Accepted today: a diffusers-layout folder
 
     CKPT/unet/            config.json + diffusion_pytorch_model.safetensors   (required)
+    CKPT/motion_adapter/  diffusers MotionAdapter (video stage)               (optional: image model without it)
     CKPT/vae/             AutoencoderKL                                     (optional: pixel space without it)
     CKPT/image_encoder/   transformers CLIPVisionModelWithProjection         (optional: zero context without it)
     CKPT/scheduler/       scheduler_config.json                              (optional: schedule defaults)
@@ -101,7 +102,10 @@ def load_checkpoint(path: str, *, pose_encoder: str | None = None, allow_pickle:
     from humandiff.weights import load_unet, load_vae  # noqa: PLC0415
 
     sources = {"unet": unet_dir}
-    unet, unet_params = load_unet(unet_dir, allow_pickle=allow_pickle, **(unet_overrides or {}))
+    unet_overrides = dict(unet_overrides or {})
+    if os.path.isdir(os.path.join(path, "motion_adapter")) and "motion_adapter" not in unet_overrides:
+        sources["motion_adapter"] = unet_overrides["motion_adapter"] = os.path.join(path, "motion_adapter")
+    unet, unet_params = load_unet(unet_dir, allow_pickle=allow_pickle, **unet_overrides)
     params = {"unet": unet_params}
     vae = image_encoder = pose = None
     if os.path.isdir(os.path.join(path, "vae")):

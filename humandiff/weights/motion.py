@@ -234,3 +234,46 @@ def save_motion_original(path: str, module: Any, params: Mapping[str, Any]) -> s
     state = motion_to_torch(params, layout="original", max_seq_length=module.motion_max_seq_length)
     _save_safetensors(state, path)
     return path
+
+
+def convert_to_safetensors(src: str, dst: str, *, allow_pickle: bool = False) -> str:
+    """Rewrites an original-layout motion-module file (e.g. the pickled `mm_sd_v15_v2.ckpt`) as safetensors.
+
+    The keys and tensors are kept as they are (position tables included), so the result is the same checkpoint
+    without pickle; run it once, then point configs at the `.safetensors` file.
+
+    Args:
+      src: original-layout file (`.ckpt` / `.pth` need `allow_pickle=True`).
+      dst: output `.safetensors` path.
+      allow_pickle: opt in to reading a pickle with `torch.load(weights_only=True)`.
+
+    Returns:
+      `dst`.
+    """
+    if not dst.endswith(".safetensors"):
+        raise ValueError(f"output must end in .safetensors, got {dst!r}")
+    state = io.read_state_dict(src, allow_pickle=allow_pickle)
+    if not any(".motion_modules." in k for k in state):
+        raise io.WeightsError(f"{src} holds no '*.motion_modules.*' keys; is it an AnimateDiff motion module?")
+    _save_safetensors(state, dst)
+    return dst
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m humandiff.weights.motion SRC DST [--allow-pickle]`: convert a motion module to safetensors."""
+    import argparse  # pylint: disable=import-outside-toplevel
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("src", help="original AnimateDiff motion-module file (mm_sd_v15_v2.ckpt, ...)")
+    parser.add_argument("dst", help="output .safetensors file")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read a pickle file (torch.load(weights_only=True)); only for files you trust")
+    args = parser.parse_args(argv)
+    try:
+        print(convert_to_safetensors(args.src, args.dst, allow_pickle=args.allow_pickle))
+    except (io.WeightsError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+
+
+if __name__ == "__main__":
+    main()

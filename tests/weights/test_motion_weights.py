@@ -13,8 +13,9 @@ diffusers = pytest.importorskip("diffusers")
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from humandiff.weights import io, load_unet  # noqa: E402
-from humandiff.weights.motion import (diffusers_to_original, motion_to_torch, read_motion_adapter,  # noqa: E402
-                                      save_motion_adapter, save_motion_original)
+from humandiff.weights.motion import (convert_to_safetensors, diffusers_to_original, main,  # noqa: E402
+                                      motion_to_torch, read_motion_adapter, save_motion_adapter,
+                                      save_motion_original)
 
 UNET = dict(block_out_channels=(16, 32), layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8, attention_head_dim=(2, 4),
@@ -83,6 +84,18 @@ def test_pickle_needs_opt_in_then_loads_the_same_params(folders):
     module3, _ = load_unet(str(root / "unet"), motion_adapter=str(root / "mm_v2.ckpt"), allow_pickle=True,
                            motion_norm="frame", **HEADS)
     assert module3.motion_norm == "frame"
+
+
+def test_convert_pickle_to_safetensors(folders, tmp_path, capsys):
+    root, _, original, _, _ = folders
+    with pytest.raises(io.WeightsError, match="allow_pickle=True"):
+        convert_to_safetensors(str(root / "mm_v2.ckpt"), str(tmp_path / "mm.safetensors"))
+    main([str(root / "mm_v2.ckpt"), str(tmp_path / "mm.safetensors"), "--allow-pickle"])
+    assert capsys.readouterr().out.strip().endswith("mm.safetensors")
+    converted = load_file(str(tmp_path / "mm.safetensors"))
+    assert sorted(converted) == sorted(original)
+    for k, v in original.items():
+        np.testing.assert_array_equal(converted[k], v, err_msg=k)
 
 
 def test_original_layout_without_mid_block(folders):

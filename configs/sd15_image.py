@@ -1,0 +1,73 @@
+"""Stage 1 (image): SCD fine-tuning of Stable Diffusion 1.5 on TikTok + UBC-Fashion frame pairs.
+
+Pretrained weights come from local diffusers folders (never downloaded): `<sd15>/unet`, `<sd15>/vae` and a
+CLIPVisionModelWithProjection `image_encoder` folder. Defaults follow the public ReferenceNet recipe
+(AnimateAnyone stage 1): lr 1e-5, zero-terminal-SNR v-prediction, noise offset 0.05, min-SNR gamma 5, condition
+dropout 0.1, reference at t=0.
+
+    python -m humandiff.train \
+        --config configs/sd15_image.py:sd15=/models/sd15,image_encoder=/models/clip_img,data_dir=/data/built \
+        --config.data.name=tiktok --workdir /work/scd_stage1
+
+Args: sd15 (folder with unet/ and vae/), image_encoder (folder), data_dir (built datasets), runlocal, interaction,
+use_ref_pose, form.
+"""
+
+import os
+
+import ml_collections
+
+from humandiff import config_lib
+
+
+def get_config(arg=None):
+    """Returns the stage-1 config; see the module docstring for the args."""
+    arg = config_lib.parse_arg(arg, sd15="", image_encoder="", data_dir="", runlocal=False, interaction="causal",
+                               use_ref_pose=True, form="two_pass")
+    demo = config_lib.load_sibling(__file__, "demo")
+    c = demo.get_config(f"interaction={arg.interaction},use_ref_pose={arg.use_ref_pose},form={arg.form}")
+    c.total_steps = 30_000  # optimizer steps
+    c.batch_size = 64  # global (reference, target) pairs per step
+    c.log_every = 50  # steps between metric writes
+
+    c.model.unet = ml_collections.ConfigDict(dict(  # SD-1.5 UNet (read from unet_dir/config.json when given)
+        sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32))
+    c.model.unet_dir = os.path.join(arg.sd15, "unet") if arg.sd15 else ""  # diffusers unet/ folder
+    c.model.vae_dir = os.path.join(arg.sd15, "vae") if arg.sd15 else ""  # diffusers vae/ folder (latent space)
+    c.model.image_encoder_dir = arg.image_encoder  # CLIP image encoder folder (1-token context)
+    c.model.pose_encoder = ml_collections.ConfigDict(dict(
+        block_out_channels=(16, 32, 96, 256),  # conv widths per stage; 3 stride-2 stages = the VAE's 8x
+    ))
+
+    c.train.compute_dtype = "bfloat16"  # bf16 activations, fp32 master weights
+    c.train.remat = True  # SD-1.5 at 768x512 needs rematerialisation on 16 GiB parts
+
+    c.optim.lr = 1e-5  # AdamW peak learning rate
+    c.optim.warmup_steps = 500  # linear warmup steps
+    c.optim.ema_decay = 0.9999  # EMA of trainable parameters
+    c.optim.trainable = (r"^(unet|pose_encoder)/",)  # UNet and pose encoder are trained
+    c.optim.frozen = (r"^vae/", r"^image_encoder/")  # VAE and CLIP stay frozen (loaded, never saved)
+
+    c.data.source = "tfds"  # ArrayRecord datasets written by data_pipelines.build
+    c.data.data_dir = arg.data_dir  # output folder of data_pipelines.build
+    c.data.name = "tiktok"  # tiktok | ubc_fashion (one dataset per run; fine-tune on the second after the first)
+    c.data.resolution = (768, 512)  # (height, width), pixels
+    c.data.min_margin = 8  # minimum |ref - tgt| frame distance
+    c.data.num_threads = 16  # grain threads per process
+    c.data.prefetch = 64  # examples prefetched per process
+
+    c.mesh.shape = (-1, 1, 1)  # pure data parallel; e.g. (1, -1, 1) for FSDP on large pods
+
+    c.ckpt.every = 1000  # steps between checkpoints
+    c.ckpt.keep = 3  # checkpoints kept
+    c.sample.every = 2000  # steps between sample grids
+    c.sample.guidance_scale = 3.5  # CFG on the reference
+    c.sample.num_frames = 16  # frames per sampled video
+
+    if arg.runlocal:
+        config_lib.shrink_for_local(c)
+    return c

@@ -1,0 +1,317 @@
+"""Config loading and validation for humandiff (big_vision style).
+
+A config file `configs/x.py` defines `get_config(arg: str | None) -> ConfigDict`. The string after the colon in
+`--config configs/x.py:key=val,flag` reaches `get_config`, which turns it into a typed ConfigDict of arguments with
+`parse_arg`. Individual fields are overridden on the command line with `--config.optim.lr=3e-5` through
+`ml_collections.config_flags` (see `humandiff/train.py`), or programmatically with `load(spec, overrides)`.
+
+`validate(config)` checks every value that can be checked before anything is built or compiled, and raises a
+`ConfigError` naming the key and the bad value. Checks that need the model's parameter paths (a trainable/frozen
+regex that matches nothing) live in `humandiff.training.optim.trainable_mask`, which runs on `jax.eval_shape`
+output, still before compilation.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+import os
+import re
+from typing import Any, Iterable, Mapping
+
+import ml_collections
+
+INTERACTIONS = ("causal", "full")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+SAMPLERS = ("ddim", "dpmsolver++", "euler")
+TRAINING_FORMS = ("two_pass", "joint")
+POSE_INJECTIONS = ("conv_in", "input")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+NAN_POLICIES = ("skip", "stop")
+BETA_SCHEDULES = ("scaled_linear", "linear")
+TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "interpret")
+MESH_AXES = ("data", "fsdp", "tensor")
+DATA_SOURCES = ("synthetic", "tfds")
+TASKS = ("image", "video", "tryon")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work, named by its dotted key."""
+
+
+def parse_arg(arg: str | None, lazy: bool = False, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parses `"key=val,flag,key2=val2"` into a ConfigDict typed after `defaults`.
+
+    A bare `flag` sets a boolean default to True. Values are converted to the type of their default (bool accepts
+    true/false/1/0/yes/no; tuples are written `a|b|c`). Unknown keys are an error unless `lazy` is True, in which
+    case they are kept as strings or Python literals.
+
+    Args:
+        arg: the string after the colon of `--config file.py:<arg>`, or None/"".
+        lazy: accept keys not present in `defaults`.
+        **defaults: argument names and default values.
+
+    Returns:
+        A ConfigDict holding every default, overridden by `arg`.
+
+    Raises:
+        ConfigError: unknown key or a value that does not convert.
+    """
+    out = ml_collections.ConfigDict(dict(defaults))
+    if not arg:
+        return out
+    for item in arg.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if key not in defaults and not lazy:
+            raise ConfigError(f"config arg {key!r} is unknown; known args: {sorted(defaults)}")
+        default = defaults.get(key)
+        if not sep:
+            if default is not None and not isinstance(default, bool):
+                raise ConfigError(f"config arg {key!r} needs a value (key=value); only booleans may be bare flags")
+            out[key] = True
+            continue
+        out[key] = _convert(key, raw.strip(), default)
+    return out
+
+
+def _convert(key: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"config arg {key}={raw!r}: expected a boolean")
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        try:
+            return int(raw) if isinstance(default, int) else float(raw)
+        except ValueError as e:
+            raise ConfigError(f"config arg {key}={raw!r}: expected {type(default).__name__}") from e
+    if isinstance(default, tuple):
+        return tuple(_convert(key, x, default[0]) if default else x for x in raw.split("|") if x)
+    if isinstance(default, str):
+        return raw
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def load(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """Loads `"path/to/config.py[:arg]"` and applies dotted-key overrides (as `--config.a.b=v` would).
+
+    Args:
+        spec: config file path, optionally followed by `:` and the `get_config` argument.
+        overrides: `{"optim.lr": 1e-4, ...}`; each key must already exist in the config.
+
+    Returns:
+        The config, unlocked.
+    """
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"humandiff_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path!r} defines no get_config(arg)")
+    config = module.get_config(arg or None)
+    for key, value in (overrides or {}).items():
+        set_dotted(config, key, value)
+    return config
+
+
+def load_sibling(config_file: str, name: str):
+    """Imports the config module `name` that sits next to `config_file` (variants import their base this way)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    module_spec = importlib.util.spec_from_file_location(f"humandiff_config_{name}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def set_dotted(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    """Sets `config.a.b.c = value` for key "a.b.c"; the key must exist."""
+    *parents, leaf = key.split(".")
+    node = config
+    for i, name in enumerate(parents):
+        if name not in node:
+            raise ConfigError(f"config key {'.'.join(parents[:i + 1])!r} does not exist (override {key}={value!r})")
+        node = node[name]
+    if leaf not in node:
+        raise ConfigError(f"config key {key!r} does not exist (override {key}={value!r})")
+    node[leaf] = value
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _fail(key: str, value: Any, why: str) -> None:
+    raise ConfigError(f"config.{key}={value!r}: {why}")
+
+
+def _one_of(config, key: str, allowed: Iterable[str]) -> None:
+    value = _get(config, key)
+    if value not in tuple(allowed):
+        _fail(key, value, f"expected one of {tuple(allowed)}")
+
+
+def _get(config, key: str) -> Any:
+    node = config
+    for name in key.split("."):
+        if name not in node:
+            raise ConfigError(f"config.{key} is missing (needed by humandiff.train)")
+        node = node[name]
+    return node
+
+
+def _positive(config, key: str, allow_zero: bool = False) -> None:
+    value = _get(config, key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        _fail(key, value, "expected a number")
+    if value < 0 or (value == 0 and not allow_zero):
+        _fail(key, value, "must be >= 0" if allow_zero else "must be > 0")
+
+
+def _fraction(config, key: str) -> None:
+    value = _get(config, key)
+    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        _fail(key, value, "must be in [0, 1]")
+
+
+def _regexes(config, key: str) -> None:
+    value = _get(config, key)
+    if isinstance(value, str):
+        _fail(key, value, "expected a tuple of regexes, not a string")
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            _fail(key, pattern, f"invalid regex: {e}")
+
+
+def mesh_shape(config, num_devices: int) -> tuple[int, ...]:
+    """Resolves `config.mesh.shape` (one entry may be -1) against the device count, or raises ConfigError."""
+    shape = tuple(int(x) for x in config.mesh.shape)
+    if len(shape) != len(MESH_AXES):
+        _fail("mesh.shape", shape, f"expected {len(MESH_AXES)} entries for axes {MESH_AXES}")
+    if shape.count(-1) > 1 or any(x == 0 or x < -1 for x in shape):
+        _fail("mesh.shape", shape, "entries must be positive, with at most one -1")
+    known = math.prod(x for x in shape if x != -1)
+    if -1 in shape:
+        if num_devices % known:
+            _fail("mesh.shape", shape, f"{num_devices} devices are not divisible by the fixed axes' product {known}")
+        shape = tuple(num_devices // known if x == -1 else x for x in shape)
+    if math.prod(shape) != num_devices:
+        _fail("mesh.shape", shape, f"product {math.prod(shape)} does not match the device count {num_devices}")
+    return shape
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Rejects bad values before anything is built, naming the key and the value.
+
+    Args:
+        config: a training config (see configs/*.py).
+        num_devices: global device count; when given, the mesh shape and the batch divisibility are checked.
+
+    Raises:
+        ConfigError: the first bad value found.
+    """
+    _one_of(config, "task", TASKS)
+    _one_of(config, "model.interaction", INTERACTIONS)
+    _one_of(config, "model.pose_injection", POSE_INJECTIONS)
+    _one_of(config, "model.attention_impl", ATTENTION_IMPLS)
+    _one_of(config, "diffusion.prediction_type", PREDICTION_TYPES)
+    _one_of(config, "diffusion.beta_schedule", BETA_SCHEDULES)
+    _one_of(config, "train.form", TRAINING_FORMS)
+    _one_of(config, "train.compute_dtype", COMPUTE_DTYPES)
+    _one_of(config, "train.nan_policy", NAN_POLICIES)
+    _one_of(config, "sample.sampler", SAMPLERS)
+    _one_of(config, "sample.timestep_spacing", TIMESTEP_SPACINGS)
+    _one_of(config, "data.source", DATA_SOURCES)
+    for key in ("optim.lr", "total_steps", "batch_size", "data.num_frames", "data.stride",
+                "diffusion.num_train_timesteps", "log_every", "ckpt.every", "ckpt.keep", "sample.num_steps"):
+        _positive(config, key)
+    for key in ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "diffusion.noise_offset",
+                "diffusion.snr_gamma", "sample.every", "sample.guidance_scale"):
+        _positive(config, key, allow_zero=True)
+    for key in ("optim.ema_decay", "data.drop_prob", "optim.b1", "optim.b2"):
+        _fraction(config, key)
+    ref_t, n_t = _get(config, "diffusion.ref_timestep"), _get(config, "diffusion.num_train_timesteps")
+    if not isinstance(ref_t, int) or not 0 <= ref_t < n_t:
+        _fail("diffusion.ref_timestep", ref_t, f"must be an integer in [0, {n_t})")
+    if config.diffusion.beta_start <= 0 or config.diffusion.beta_end <= config.diffusion.beta_start:
+        _fail("diffusion.beta_end", config.diffusion.beta_end, "need 0 < beta_start < beta_end")
+    _regexes(config, "optim.trainable")
+    _regexes(config, "optim.frozen")
+    for i, rule in enumerate(config.sharding.rules):
+        if len(rule) != 2:
+            _fail(f"sharding.rules[{i}]", rule, "expected (regex, strategy)")
+        try:
+            re.compile(rule[0])
+        except re.error as e:
+            _fail(f"sharding.rules[{i}]", rule[0], f"invalid regex: {e}")
+        if rule[1] not in ("fsdp", "replicate", "tensor"):
+            _fail(f"sharding.rules[{i}]", rule[1], "strategy must be fsdp, replicate or tensor")
+    if config.task == "video" and config.data.num_frames < 2:
+        _fail("data.num_frames", config.data.num_frames, "the video stage needs at least 2 frames")
+    if config.train.form == "joint" and config.data.num_frames != 1:
+        _fail("train.form", config.train.form, "the joint form covers images only; use two_pass for video")
+    res = tuple(config.data.resolution)
+    if len(res) != 2 or min(res) <= 0:
+        _fail("data.resolution", res, "expected positive (height, width)")
+    if config.task == "tryon" and config.data.source != "tfds":
+        _fail("data.source", config.data.source, "the try-on stage reads a built VITON-HD dataset (tfds)")
+    if config.data.source == "tfds" and not config.data.data_dir:
+        _fail("data.data_dir", config.data.data_dir, "data.source='tfds' needs the folder data_pipelines.build wrote")
+    if config.model.vae_dir and not os.path.isdir(config.model.vae_dir):
+        _fail("model.vae_dir", config.model.vae_dir, "folder does not exist")
+    for key in ("model.unet_dir", "model.image_encoder_dir", "model.motion_modules_path", "model.init_checkpoint"):
+        value = _get(config, key)
+        if value and not os.path.exists(value):
+            _fail(key, value, "path does not exist")
+    if config.model.motion_modules_path and not config.model.unet_dir:
+        _fail("model.motion_modules_path", config.model.motion_modules_path,
+              "motion modules are loaded together with the base UNet: set model.unet_dir too")
+    if num_devices is not None:
+        shape = mesh_shape(config, num_devices)
+        batch_shards = shape[0] * shape[1]
+        if config.batch_size % batch_shards:
+            _fail("batch_size", config.batch_size,
+                  f"not divisible by the data*fsdp mesh size {batch_shards} (mesh {shape}, {num_devices} devices)")
+
+
+def shrink_for_local(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The `runlocal` shrink shared by every config: a tiny random UNet in pixel space on synthetic data.
+
+    Keeps the stage's structure (task, frame count capped at 4, training form, interaction, losses) so that the
+    same code path runs on a laptop CPU in seconds per step.
+    """
+    c = config
+    c.model.unet = ml_collections.ConfigDict(dict(
+        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16,), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+        cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8))
+    c.model.pose_encoder = ml_collections.ConfigDict(dict(block_out_channels=(16,)))
+    c.model.unet_dir = c.model.vae_dir = c.model.image_encoder_dir = c.model.motion_modules_path = ""
+    c.model.init_checkpoint = ""
+    c.optim.trainable, c.optim.frozen = (".*",), ()
+    if c.task != "tryon":
+        c.data.source, c.data.data_dir, c.data.name = "synthetic", "", ""
+    c.data.resolution = (16, 16)
+    c.data.synthetic.update(dict(num_videos=8, num_frames=16, height=16, width=16))
+    c.data.num_frames = min(c.data.num_frames, 4)
+    c.data.stride = 1
+    c.data.num_threads, c.data.prefetch, c.data.num_workers = 0, 0, 0
+    c.batch_size, c.total_steps, c.log_every = 4, 20, 5
+    c.ckpt.every, c.sample.every, c.sample.num_steps, c.sample.num_frames = 10, 0, 4, 2
+    c.mesh.shape = (-1, 1, 1)
+    return c

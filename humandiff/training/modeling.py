@@ -1,0 +1,116 @@
+"""The module bundle a training run needs, built from `config.model`, and its parameter initialisation.
+
+Parameters live in one nested dict `{"unet", "pose_encoder", "vae"?, "image_encoder"?}` whose paths are what the
+trainable/frozen regexes and the sharding rules see ("unet/down_blocks_0/resnets_0/conv1/kernel").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+    """Linen modules used by the train step and the sampler (static; hashable by identity)."""
+
+    unet: nn.Module
+    pose_encoder: nn.Module
+    vae: nn.Module | None = None
+    image_encoder: nn.Module | None = None
+    context_dim: int = 768  # cross-attention width (zero token when there is no image encoder)
+    latent_channels: int = 4  # channels the UNet denoises (3 in pixel space)
+    downscale: int = 1  # pixels per latent cell (8 with the SD VAE)
+    scaling_factor: float = 1.0  # VAE latent scaling (1 in pixel space)
+
+    def __hash__(self):
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other
+
+
+def build(config) -> tuple[Models, dict[str, Any]]:
+    """Builds the modules from `config.model` and loads weights from local folders when configured.
+
+    Returns:
+      `(models, pretrained)`: `pretrained` maps top-level names ("unet", "vae", "image_encoder") to host parameter
+      trees read from disk; the rest is initialised randomly by `init_params`.
+    """
+    from humandiff.models.pose_encoder import PoseEncoder
+    from humandiff.models.unet import UNet2DConditionModel
+
+    m = config.model
+    dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else jnp.float32
+    scd = dict(attention_impl=m.attention_impl, interaction=m.interaction, pose_injection=m.pose_injection,
+               dtype=dtype, remat=config.train.remat, **dict(m.unet_extra))
+    pretrained: dict[str, Any] = {}
+    if m.unet_dir:
+        from humandiff.weights.diffusers import load_unet
+        unet, pretrained["unet"] = load_unet(m.unet_dir, motion_adapter=m.motion_modules_path or None, **scd)
+    else:
+        unet = UNet2DConditionModel(**_plain(m.unet), **scd)
+    vae = image_encoder = None
+    scaling, downscale = 1.0, 1
+    if m.vae_dir:
+        from humandiff.weights.diffusers import load_vae
+        vae, pretrained["vae"] = load_vae(m.vae_dir)
+        scaling, downscale = float(vae.scaling_factor), 2 ** (len(vae.block_out_channels) - 1)
+    if m.image_encoder_dir:
+        from humandiff.weights.clip import load_image_encoder
+        image_encoder, pretrained["image_encoder"] = load_image_encoder(m.image_encoder_dir, dtype=dtype,
+                                                                        attention_impl=m.attention_impl)
+    pose_channels = unet.block_out_channels[0] if m.pose_injection == "conv_in" else unet.in_channels
+    pose_encoder = PoseEncoder(out_channels=pose_channels, dtype=dtype, **_plain(m.pose_encoder))
+    if pose_encoder.downsample_factor != downscale:
+        raise ValueError(f"config.model.pose_encoder.block_out_channels={tuple(m.pose_encoder.block_out_channels)} "
+                         f"downsamples {pose_encoder.downsample_factor}x but latents are {downscale}x smaller than "
+                         f"pixels ({'VAE' if vae is not None else 'pixel space'}): use "
+                         f"{int(np.log2(downscale)) + 1} stages")
+    models = Models(unet=unet, pose_encoder=pose_encoder, vae=vae, image_encoder=image_encoder,
+                    context_dim=int(unet.cross_attention_dim), latent_channels=int(unet.in_channels),
+                    downscale=downscale, scaling_factor=scaling)
+    return models, pretrained
+
+
+def _plain(cd) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in cd.to_dict().items()}
+
+
+def dummy_inputs(models: Models, config) -> dict[str, jax.Array]:
+    """Smallest inputs with the training shapes' trailing dims (for `init` under `jax.eval_shape`)."""
+    h, w = (int(x) for x in config.data.resolution)
+    lh, lw = h // models.downscale, w // models.downscale
+    return {
+        "latent": jnp.zeros((1, lh, lw, models.latent_channels), jnp.float32),
+        "pose": jnp.zeros((1, h, w, 3), jnp.float32),
+        "context": jnp.zeros((1, 1, models.context_dim), jnp.float32),
+        "image": jnp.zeros((1, h, w, 3), jnp.float32),
+    }
+
+
+def init_params(models: Models, config, rng: jax.Array) -> dict[str, Any]:
+    """Random parameters for every module (call under `jax.eval_shape` or `jit` with out_shardings)."""
+    x = dummy_inputs(models, config)
+    k_unet, k_pose, k_vae, k_clip = jax.random.split(rng, 4)
+    params = {
+        "unet": models.unet.init(k_unet, x["latent"], jnp.zeros((1,), jnp.int32), x["context"])["params"],
+        "pose_encoder": models.pose_encoder.init(k_pose, x["pose"])["params"],
+    }
+    if models.vae is not None:
+        params["vae"] = models.vae.init(k_vae, x["image"], method=models.vae.encode)["params"]
+    if models.image_encoder is not None:
+        size = models.image_encoder.config.image_size
+        clip = jnp.zeros((1, size, size, models.image_encoder.config.num_channels), jnp.float32)
+        params["image_encoder"] = models.image_encoder.init(k_clip, clip)["params"]
+    return params
+
+
+def count_params(tree: Any) -> int:
+    """Number of scalars in a parameter tree."""
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))

@@ -1,0 +1,45 @@
+"""2 processes x 2 CPU devices (gloo collectives, launch/local_multiprocess.sh) give the same losses as one process
+with 4 devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("humandiff.models.unet")
+pytest.importorskip("humandiff.diffusion.losses")
+pytest.importorskip("humandiff.data.loader")
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+DRIVER = os.path.join(ROOT, "tests", "training", "multiprocess_driver.py")
+
+
+def _losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line)["loss"] for line in f]
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", **extra)
+    for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(key, None)
+    return env
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    single = tmp_path / "single"
+    subprocess.run([sys.executable, DRIVER, str(single)], cwd=ROOT, check=True, timeout=900,
+                   env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    multi = tmp_path / "multi"
+    result = subprocess.run(["bash", os.path.join(ROOT, "launch", "local_multiprocess.sh"), "2", "2", DRIVER,
+                             str(multi)], cwd=ROOT, timeout=900, capture_output=True, text=True,
+                            env=_env(PYTHON=sys.executable, LOG_DIR=str(tmp_path)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = _losses(single), _losses(multi)
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        assert abs(x - y) <= 1e-5 * max(1.0, abs(x)), (a, b)  # reductions may be ordered differently
+    assert (multi / "checkpoints" / "4").is_dir()
