@@ -1,0 +1,42 @@
+"""Export of a checkpoint written by the real trainer (two optimizer steps of the tiny config), loaded with the
+config passed explicitly (the trainer writes no config.json): diffusers loads the UNet with no missing keys and
+its output equals the JAX UNet's on the trained EMA weights (<= 1e-4 relative)."""
+
+import numpy as np
+import pytest
+
+from .conftest import CONFIG_SPEC, rel_err, require_parts
+
+require_parts()
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("humandiff.data.loader")
+
+import jax  # noqa: E402
+
+from humandiff.weights import export  # noqa: E402
+
+
+@pytest.mark.slow  # compiles the train step (~2 min on a busy 2-core CPU; shared with tests/training via the cache)
+def test_export_of_a_trained_checkpoint(tmp_path):
+    from humandiff import config_lib, train  # noqa: PLC0415
+
+    config = config_lib.load(CONFIG_SPEC)  # unmodified, so the compiled step is the training tests' one
+    config.total_steps, config.ckpt.every, config.log_every, config.sample.every = 2, 2, 1, 0
+    train.train_and_evaluate(config, str(tmp_path / "run"), sample_fn=lambda *a: None)
+    trained = export.read_checkpoint(str(tmp_path / "run"), config=config, ema=True)
+    assert trained.step == 2
+    export.write_export(trained, str(tmp_path / "out"))
+    unet, info = diffusers.UNet2DConditionModel.from_pretrained(tmp_path / "out" / "unet", output_loading_info=True)
+    assert not any(info.values()), info
+    rng = np.random.default_rng(0)
+    unet_cfg = trained.models.unet
+    x = rng.standard_normal((2, 16, 16, unet_cfg.in_channels)).astype(np.float32)
+    ctx = rng.standard_normal((2, 1, unet_cfg.cross_attention_dim)).astype(np.float32)
+    t = np.array([900.0, 30.0], np.float32)
+    want = jax.jit(trained.models.unet.apply)({"params": trained.params["unet"]}, x, t, ctx)
+    with torch.no_grad():
+        got = unet(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t), torch.from_numpy(ctx)).sample
+    err = rel_err(got.numpy().transpose(0, 2, 3, 1), want)
+    print(f"trained checkpoint (2 steps, EMA): exported UNet vs JAX relative error {err:.2e}")
+    assert err <= 1e-4
