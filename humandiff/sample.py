@@ -48,7 +48,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=16, help="frames per model call (temporal window)")
     p.add_argument("--overlap", type=int, default=4, help="frames shared by consecutive windows")
     p.add_argument("--keypoints-size", default=None, help="HxW of the frames the keypoints were extracted from")
-    p.add_argument("--ref-timestep", type=int, default=0, help="timestep of the reference pass")
+    p.add_argument("--ref-timestep", type=int, default=None,
+                   help="timestep of the reference pass (default: the checkpoint's training setting, else 0)")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickle weight files (.bin/.ckpt)")
     return p.parse_args(argv)
 
@@ -119,8 +120,13 @@ def _run(args: argparse.Namespace) -> int:
         inputs["clip_image"] = preprocess(images["reference"][None], size=enc.config.image_size)
     t_load = time.perf_counter() - t0
     n = inputs["poses"].shape[1]
-    cfg = pipeline.SamplingConfig(ref_timestep=args.ref_timestep, window=args.window,
-                                  overlap=min(args.overlap, args.window - 1), use_ref_pose="ref_pose" in inputs)
+    trained = loaded.settings  # the SCD settings the model was trained with ({} for plain diffusers folders)
+    ref_timestep = trained.get("ref_timestep", 0) if args.ref_timestep is None else args.ref_timestep
+    cfg = pipeline.SamplingConfig(
+        ref_timestep=ref_timestep, window=args.window, overlap=min(args.overlap, args.window - 1),
+        use_ref_pose="ref_pose" in inputs and trained.get("use_ref_pose", True),
+        # full interaction: the reference sees the target, so its K/V cannot be cached; recompute every step
+        mode="joint" if trained.get("interaction", "causal") == "full" else "cached")
     sampler = samplers.make_sampler(loaded.schedule, args.sampler, args.steps, spacing=loaded.spacing,
                                     steps_offset=loaded.steps_offset, eta=args.eta)
     bar = tqdm(total=args.steps, desc=f"sampling {n} frame(s)", unit="step", file=sys.stderr)
@@ -135,8 +141,9 @@ def _run(args: argparse.Namespace) -> int:
         "num_frames": int(n), "size": list(frames.shape[1:3]), "fps": images["fps"], "seed": args.seed,
         "steps": args.steps, "guidance": args.guidance, "sampler": sampler.kind, "eta": args.eta,
         "spacing": loaded.spacing, "schedule": dataclasses.asdict(loaded.schedule),
-        "sampling": {k: getattr(cfg, k) for k in ("ref_timestep", "window", "overlap", "fusion", "use_ref_pose",
-                                                    "uncond_drop_ref", "uncond_drop_embed", "uncond_drop_pose")},
+        "sampling": {k: getattr(cfg, k) for k in ("mode", "ref_timestep", "window", "overlap", "fusion",
+                                                    "use_ref_pose", "uncond_drop_ref", "uncond_drop_embed",
+                                                    "uncond_drop_pose")},
         "seconds": {"load": round(t_load, 3), "compile_and_sample": round(t_sample, 3)},
         "device": str(jax.devices()[0]),
     }

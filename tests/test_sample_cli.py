@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -153,3 +154,21 @@ def test_checkpoint_pose_encoder_errors(checkpoint, tmp_path):
     save_file({"foo.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "junk.safetensors"))
     with pytest.raises(io.WeightsError, match="not a pose encoder"):
         loading.load_pose_encoder(str(tmp_path / "junk.safetensors"))
+
+
+def test_cli_uses_the_checkpoints_training_settings(checkpoint, inputs, tmp_path):
+    """model_index.json's "humandiff" block (humandiff.export) sets the sampler's defaults; flags still win."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, ckpt)
+    (ckpt / "model_index.json").write_text(json.dumps(
+        {"_class_name": "SCDPipeline", "humandiff": {"interaction": "full", "ref_timestep": 100, "use_ref_pose": False}}))
+    common = ["--checkpoint", str(ckpt), "--reference", str(inputs / "ref.png"), "--poses", str(inputs / "poses"),
+              "--steps", "2"]
+    assert sample.main([*common, "--out", str(tmp_path / "a")]) == 0
+    meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
+    assert meta["sampling"]["mode"] == "joint"  # full interaction: the reference cannot be cached
+    assert meta["sampling"]["ref_timestep"] == 100 and meta["sampling"]["use_ref_pose"] is False
+    (ckpt / "model_index.json").write_text(json.dumps({"humandiff": {"ref_timestep": 100}}))
+    assert sample.main([*common, "--out", str(tmp_path / "b"), "--ref-timestep", "0"]) == 0
+    meta = json.loads((tmp_path / "b" / "metadata.json").read_text())
+    assert meta["sampling"]["mode"] == "cached" and meta["sampling"]["ref_timestep"] == 0

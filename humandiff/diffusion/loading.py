@@ -8,6 +8,8 @@ Accepted today: a diffusers-layout folder
     CKPT/image_encoder/   transformers CLIPVisionModelWithProjection         (optional: zero context without it)
     CKPT/scheduler/       scheduler_config.json                              (optional: schedule defaults)
     CKPT/pose_encoder.safetensors  or  CKPT/pose_encoder/*.safetensors      (or --pose-encoder FILE)
+    CKPT/model_index.json  its "humandiff" block (written by `humandiff.export`): the SCD settings the model was
+                           trained with (interaction, ref_timestep, use_ref_pose), used as the sampler's defaults
 
 The pose-encoder file holds a torch-style state dict (`conv_in.weight`, `blocks.0.weight`, ..., `conv_out.weight`,
 as `humandiff.weights.pose.pose_encoder_to_torch` writes); its architecture is read from the tensor shapes.
@@ -35,6 +37,18 @@ class Loaded:
     spacing: str = "trailing"
     steps_offset: int = 0
     sources: dict = dataclasses.field(default_factory=dict)
+    settings: dict = dataclasses.field(default_factory=dict)  # model_index.json "humandiff" block ({} if absent)
+
+
+def read_settings(path: str) -> dict:
+    """The "humandiff" block of `path/model_index.json` (SCD training settings), or {} without that file."""
+    index_file = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index_file):
+        return {}
+    settings = io.read_config(index_file).get("humandiff", {})
+    if not isinstance(settings, dict):
+        raise ValueError(f"{index_file}: the 'humandiff' entry must be an object, got {type(settings).__name__}")
+    return settings
 
 
 def _find_pose_encoder(ckpt: str) -> str | None:
@@ -102,7 +116,10 @@ def load_checkpoint(path: str, *, pose_encoder: str | None = None, allow_pickle:
     from humandiff.weights import load_unet, load_vae  # noqa: PLC0415
 
     sources = {"unet": unet_dir}
+    settings = read_settings(path)
     unet_overrides = dict(unet_overrides or {})
+    if "interaction" in settings:
+        unet_overrides.setdefault("interaction", settings["interaction"])
     if os.path.isdir(os.path.join(path, "motion_adapter")) and "motion_adapter" not in unet_overrides:
         sources["motion_adapter"] = unet_overrides["motion_adapter"] = os.path.join(path, "motion_adapter")
     unet, unet_params = load_unet(unet_dir, allow_pickle=allow_pickle, **unet_overrides)
@@ -132,4 +149,4 @@ def load_checkpoint(path: str, *, pose_encoder: str | None = None, allow_pickle:
         spacing = raw.get("timestep_spacing", "trailing" if sched_cfg.zero_terminal_snr else "leading")
         offset = int(raw.get("steps_offset", 0))
     models = Models(unet=unet, pose_encoder=pose, vae=vae, image_encoder=image_encoder)
-    return Loaded(models, params, sched_cfg, spacing, offset, sources)
+    return Loaded(models, params, sched_cfg, spacing, offset, sources, settings)
