@@ -77,7 +77,7 @@ def get_config(arg=None):
     c.optim.eps = 1e-8  # AdamW epsilon
     c.optim.weight_decay = 1e-2  # decoupled weight decay
     c.optim.grad_clip = 1.0  # global-norm gradient clipping (0 = off)
-    c.optim.ema_decay = 0.999  # EMA of trainable parameters (0 = no EMA kept)
+    c.optim.ema_decay = 0.99  # EMA of trainable parameters, used for samples (0 = none; ~100-step horizon here)
     c.optim.trainable = (".*",)  # regexes over param paths ("unet/down_blocks_0/..."); a leaf must match one
     c.optim.frozen = ()  # regexes over param paths excluded from training (each must match something)
 
