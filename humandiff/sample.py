@@ -31,7 +31,8 @@ SAMPLERS = ("ddim", "dpm++", "euler")
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m humandiff.sample", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="diffusers-layout folder (unet/, vae/, image_encoder/, ...)")
+    p.add_argument("--checkpoint", required=True,
+                   help="humandiff.train workdir (exported on the fly to OUT/model) or diffusers-layout folder")
     p.add_argument("--reference", required=True, help="reference image (png/jpg)")
     p.add_argument("--poses", required=True, help="pose video, folder of pose images, or keypoints .npy/.json")
     p.add_argument("--out", required=True, help="output folder")
@@ -112,7 +113,10 @@ def _run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"poses not found: {args.poses}")
     t0 = time.perf_counter()
     inputs, images = prepare_inputs(args)  # validate the cheap inputs before loading weights
-    loaded = loading.load_checkpoint(args.checkpoint, pose_encoder=args.pose_encoder, allow_pickle=args.allow_pickle)
+    ckpt = args.checkpoint
+    if os.path.isdir(ckpt) and not os.path.isdir(os.path.join(ckpt, "unet")):  # a training workdir
+        ckpt = loading.export_training_checkpoint(ckpt, os.path.join(args.out, "model"))
+    loaded = loading.load_checkpoint(ckpt, pose_encoder=args.pose_encoder, allow_pickle=args.allow_pickle)
     enc = loaded.models.image_encoder
     if enc is not None:
         from humandiff.models.clip_preprocess import preprocess  # noqa: PLC0415

@@ -151,6 +151,15 @@ def step_rng(seed: int, step: int, mesh) -> jax.Array:
     return _rng_fn(mesh)(np.uint32(seed), np.uint32(step))
 
 
+def _write_config(workdir: str, config) -> None:
+    """`<workdir>/config.json`: the run's resolved config (`humandiff.export` and `humandiff.sample` read it)."""
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, "config.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    os.replace(tmp, os.path.join(workdir, "config.json"))  # never a half-written file
+
+
 def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None = None,
                        pretrained: dict | None = None, dataset: Any = None, transform: Any = None,
                        sample_fn: Any = None, stop_after: int | None = None, hook: Any = None) -> list[dict]:
@@ -170,6 +179,8 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
     mesh = sharding.make_mesh(config)
     is_main = jax.process_index() == 0
     logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(), jax.process_count())
+    if is_main:
+        _write_config(workdir, config)
 
     # ---------------------------------------------------------------------------------------------- input
     if dataset is None:

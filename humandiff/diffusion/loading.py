@@ -1,6 +1,7 @@
 """Loads an SCD model for sampling from local files (nothing is downloaded).
 
-Accepted today: a diffusers-layout folder
+Accepted: a `humandiff.train` workdir (exported on the fly by `export_training_checkpoint`), or a diffusers-layout
+folder (what `humandiff.export` writes):
 
     CKPT/unet/            config.json + diffusion_pytorch_model.safetensors   (required)
     CKPT/motion_adapter/  diffusers MotionAdapter (video stage)               (optional: image model without it)
@@ -49,6 +50,28 @@ def read_settings(path: str) -> dict:
     if not isinstance(settings, dict):
         raise ValueError(f"{index_file}: the 'humandiff' entry must be an object, got {type(settings).__name__}")
     return settings
+
+
+def export_training_checkpoint(path: str, out: str, *, ema: bool = True) -> str:
+    """Exports a `humandiff.train` workdir (or one of its checkpoints) to a diffusers-layout folder `out`.
+
+    Folders that already have a `unet/` are returned as they are. The EMA weights are used when the run kept them.
+
+    Returns:
+      The folder to load with `load_checkpoint`.
+    """
+    if os.path.isdir(os.path.join(path, "unet")):
+        return path
+    from humandiff.weights import export  # noqa: PLC0415
+
+    try:
+        trained = export.read_checkpoint(path, ema=ema)
+    except export.ExportError as e:
+        if not (ema and "EMA" in str(e)):
+            raise ValueError(str(e)) from e
+        trained = export.read_checkpoint(path)  # the run kept no EMA: its raw weights
+    export.write_export(trained, out, overwrite=True)
+    return out
 
 
 def _find_pose_encoder(ckpt: str) -> str | None:
@@ -111,8 +134,8 @@ def load_checkpoint(path: str, *, pose_encoder: str | None = None, allow_pickle:
         raise FileNotFoundError(f"checkpoint folder not found: {path}")
     unet_dir = os.path.join(path, "unet")
     if not os.path.isdir(unet_dir):
-        raise ValueError(f"{path} is not a diffusers-layout checkpoint: no unet/ folder (training checkpoints are "
-                         "not supported by the sampler yet)")
+        raise ValueError(f"{path} is not a diffusers-layout checkpoint: no unet/ folder (a training workdir is "
+                         "exported first: see export_training_checkpoint)")
     from humandiff.weights import load_unet, load_vae  # noqa: PLC0415
 
     sources = {"unet": unet_dir}

@@ -1,6 +1,6 @@
-"""Export of a checkpoint written by the real trainer (two optimizer steps of the tiny config), loaded with the
-config passed explicitly (the trainer writes no config.json): diffusers loads the UNet with no missing keys and
-its output equals the JAX UNet's on the trained EMA weights (<= 1e-4 relative)."""
+"""Export of a checkpoint written by the real trainer (two optimizer steps of the tiny config), read back with the
+config.json the trainer writes: diffusers loads the UNet with no missing keys, its output equals the JAX UNet's on
+the trained EMA weights (<= 1e-4 relative), and `humandiff.sample` animates straight from the training workdir."""
 
 import numpy as np
 import pytest
@@ -24,8 +24,9 @@ def test_export_of_a_trained_checkpoint(tmp_path):
     config = config_lib.load(CONFIG_SPEC)  # unmodified, so the compiled step is the training tests' one
     config.total_steps, config.ckpt.every, config.log_every, config.sample.every = 2, 2, 1, 0
     train.train_and_evaluate(config, str(tmp_path / "run"), sample_fn=lambda *a: None)
-    trained = export.read_checkpoint(str(tmp_path / "run"), config=config, ema=True)
+    trained = export.read_checkpoint(str(tmp_path / "run"), ema=True)  # config from <workdir>/config.json
     assert trained.step == 2
+    assert trained.config.model.interaction == config.model.interaction
     export.write_export(trained, str(tmp_path / "out"))
     unet, info = diffusers.UNet2DConditionModel.from_pretrained(tmp_path / "out" / "unet", output_loading_info=True)
     assert not any(info.values()), info
@@ -40,3 +41,26 @@ def test_export_of_a_trained_checkpoint(tmp_path):
     err = rel_err(got.numpy().transpose(0, 2, 3, 1), want)
     print(f"trained checkpoint (2 steps, EMA): exported UNet vs JAX relative error {err:.2e}")
     assert err <= 1e-4
+    _sample_from_workdir(str(tmp_path / "run"), tuple(config.data.resolution), tmp_path)
+
+
+def _sample_from_workdir(workdir, size, tmp_path):
+    import json  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415
+
+    from humandiff import sample  # noqa: PLC0415
+
+    h, w = size
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / "ref.png")
+    (tmp_path / "poses").mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / "poses" / f"{i}.png")
+    out = tmp_path / "sampled"
+    rc = sample.main(["--checkpoint", workdir, "--reference", str(tmp_path / "ref.png"), "--poses",
+                      str(tmp_path / "poses"), "--out", str(out), "--steps", "2"])
+    assert rc == 0
+    assert (out / "model" / "unet" / "config.json").is_file()  # the workdir was exported on the fly
+    assert sorted(p.name for p in (out / "frames").iterdir()) == ["frame_0000.png", "frame_0001.png"]
+    assert json.loads((out / "metadata.json").read_text())["num_frames"] == 2
