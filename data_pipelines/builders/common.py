@@ -16,7 +16,7 @@ Frame record:
     height, width  int32
 After the build, `video_index.json` + `video_index-<split>.npy` (written by
 `humandiff.data.sources.write_video_index`) map each video to its frame records; the loader's source
-regroups them into the per-video record of COMMON.md (`frames_jpeg`, `keypoints` read lazily).
+regroups them into the per-video record the loader reads (`frames_jpeg`, `keypoints` read lazily).
 
 Skipped inputs and colour conversions are recorded in the dataset's `metadata.json`:
     {"on_error": "skip", "skipped": {split: [{"file": ..., "reason": ...}]}, "num_skipped": {split: n},
@@ -40,6 +40,7 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 from data_pipelines.builders import media
+from humandiff.data import keypoints
 
 _log = logging.getLogger(__name__)
 
@@ -260,7 +261,6 @@ def read_split_list(path: str) -> list[str]:
     return names
 
 
-def pose_path_for(video_path: str) -> str:
-    """`<video>.npy` beside the video: `a/b.mp4` -> `a/b.npy`, frame folder `a/00001` -> `a/00001.npy`."""
-    root, ext = os.path.splitext(video_path.rstrip(os.sep))
-    return (root if ext.lower() in (".mp4", ".mov", ".avi", ".mkv", ".webm") else video_path.rstrip(os.sep)) + ".npy"
+# `<video>.npy` beside the video (`a/b.mp4` -> `a/b.npy`, frame folder `a/00001` -> `a/00001.npy`): the one rule that
+# the DWPose extractor writes by and the fake layouts follow.
+pose_path_for = keypoints.pose_path_for
