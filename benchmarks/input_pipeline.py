@@ -51,7 +51,7 @@ def machine() -> dict:
             "cpu": cpu, "logical_cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "pillow": PIL.__version__,
             "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "note": "shared machine (several engineers' jobs); per-CPU-second rates are the robust figure"}
+            "note": "shared machine (other jobs running); per-CPU-second rates are the robust figure"}
 
 
 def _time_iterator(it, num_batches: int, batch: int) -> dict:

@@ -1,4 +1,4 @@
-"""Per-example ops: a stored record -> one training example (the batch contract of COMMON.md, unbatched).
+"""Per-example ops: a stored record -> one training example (one entry of the training batch described in docs/data.md).
 
 Image stage: reference and target frames from the same video, at least `min_margin` frames apart.
 Video stage: `num_frames` frames `stride` apart plus a reference frame from anywhere in the video.
@@ -38,7 +38,7 @@ class ExampleOptions:
 
 
 def _render(kp: np.ndarray, h: int, w: int, threshold: float) -> np.ndarray:
-    from humandiff.data import pose_render  # owner: data-pose engineer
+    from humandiff.data import pose_render
 
     return pose_render.render_pose(kp, h, w, score_threshold=threshold).astype(np.float32) / 255.0
 

@@ -4,7 +4,7 @@
 The returned iterator is a `grain.DatasetIterator`: `get_state()` / `set_state()` make it resumable, and
 it saves with Orbax through `grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`.
 
-Batch (COMMON.md): ref_image, tgt_image float32 [B,H,W,3] in [-1,1] (video: tgt_* [B,F,H,W,3]);
+Batch: ref_image, tgt_image float32 [B,H,W,3] in [-1,1] (video: tgt_* [B,F,H,W,3]);
 ref_pose, tgt_pose float32 in [0,1]; clip_image float32 [B,224,224,3] (CLIP-normalised); drop_cond bool
 [B]; try-on adds tryon_mask float32 [B,H,W,1] (1 = region to generate).
 """

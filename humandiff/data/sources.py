@@ -1,5 +1,5 @@
 """Random-access sources for the loader: a TFDS ArrayRecord dataset built by `data_pipelines.build`, or
-the synthetic set generated on the fly. Both yield the stored-record contract of COMMON.md:
+the synthetic set generated on the fly. Both yield the stored-record contract (docs/data.md):
 `{"video_id", "frames_jpeg" | "frames", "keypoints", "fps"}` per video.
 
 Built video datasets hold one record per frame; `write_video_index` (run at the end of every build) scans

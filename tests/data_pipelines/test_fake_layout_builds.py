@@ -1,4 +1,4 @@
-"""One command per dataset on the data-pose engineer's fake raw folders (data_pipelines.fake_layouts, the
+"""One command per dataset on the fake raw folders (data_pipelines.fake_layouts, the
 real datasets' layouts filled with synthetic figures), then a batch through the grain loader."""
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Tiny stand-in SCD models that follow the COMMON.md model contract (used until/besides the real modules)."""
+"""Tiny stand-in SCD models that follow the SCD model contract of humandiff.models (fast to compile)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-unet_mod = pytest.importorskip("humandiff.models.unet", reason="needs the models engineer's modules on main")
+from humandiff.models import unet as unet_mod
 
 from humandiff.diffusion import pipeline, samplers  # noqa: E402
 from humandiff.diffusion.schedules import ScheduleConfig  # noqa: E402

@@ -6,7 +6,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-pipeline = pytest.importorskip("humandiff.diffusion.pipeline", reason="needs the diffusion engineer's sampler")
+from humandiff.diffusion import pipeline
 
 from humandiff.diffusion import samplers  # noqa: E402
 from humandiff.diffusion.schedules import ScheduleConfig  # noqa: E402

@@ -8,6 +8,7 @@ that parity tests see every weight and `--ema` is observable.
 """
 
 import json
+import importlib
 import os
 
 import numpy as np
@@ -16,15 +17,15 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-# What these tests need from the models, training and diffusion parts (test modules importorskip them).
+# What these tests need from the models, training and diffusion parts (imported by require_parts).
 NEEDED = ("humandiff.models.unet", "humandiff.weights.diffusers", "humandiff.training.checkpoint",
           "humandiff.training.modeling", "humandiff.training.step", "humandiff.config_lib")
 
 
 def require_parts():
-    """Skips the calling test module unless the parts the export builds on are present."""
+    """Imports the parts the export builds on; a broken one fails the calling module (never a silent skip)."""
     for name in NEEDED:
-        pytest.importorskip(name)
+        importlib.import_module(name)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CONFIG_SPEC = os.path.join(ROOT, "configs", "tiny_test.py")

@@ -14,7 +14,7 @@ require_parts()
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
-pytest.importorskip("humandiff.diffusion.loading")
+import humandiff.diffusion.loading  # noqa: F401  (fails loudly if broken)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -10,7 +10,7 @@ from .conftest import CONFIG_SPEC, rel_err, require_parts
 require_parts()
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-pytest.importorskip("humandiff.data.loader")
+import humandiff.data.loader  # noqa: F401  (fails loudly if broken)
 
 import jax  # noqa: E402
 

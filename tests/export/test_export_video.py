@@ -12,7 +12,7 @@ from .conftest import psnr, read_json, require_parts, tiny_config, write_checkpo
 require_parts()
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-pytest.importorskip("humandiff.diffusion.loading")
+import humandiff.diffusion.loading  # noqa: F401  (fails loudly if broken)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 from .conftest import ROOT, require_parts
 
 require_parts()
-pytest.importorskip("humandiff.sample")
+import humandiff.sample  # noqa: F401  (fails loudly if broken)
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")

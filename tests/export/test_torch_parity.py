@@ -14,8 +14,8 @@ from .conftest import psnr, rel_err, require_parts  # noqa: E402
 require_parts()
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-pytest.importorskip("humandiff.diffusion.pipeline")
-pytest.importorskip("humandiff.diffusion.loading")
+import humandiff.diffusion.pipeline  # noqa: F401  (fails loudly if broken)
+import humandiff.diffusion.loading  # noqa: F401  (fails loudly if broken)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

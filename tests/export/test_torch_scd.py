@@ -13,8 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-pytest.importorskip("humandiff.models.unet")
-pytest.importorskip("humandiff.weights.motion")
+import humandiff.models.unet  # noqa: F401  (fails loudly if broken)
+import humandiff.weights.motion  # noqa: F401  (fails loudly if broken)
 
 import jax  # noqa: E402
 

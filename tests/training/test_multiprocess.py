@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-pytest.importorskip("humandiff.models.unet")
-pytest.importorskip("humandiff.diffusion.losses")
-pytest.importorskip("humandiff.data.loader")
+import humandiff.models.unet  # noqa: F401  (fails loudly if broken)
+import humandiff.diffusion.losses  # noqa: F401  (fails loudly if broken)
+import humandiff.data.loader  # noqa: F401  (fails loudly if broken)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DRIVER = os.path.join(ROOT, "tests", "training", "multiprocess_driver.py")

@@ -13,11 +13,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-pytest.importorskip("humandiff.models.unet")
-pytest.importorskip("humandiff.models.pose_encoder")
-pytest.importorskip("humandiff.diffusion.losses")
-pytest.importorskip("humandiff.data.loader")
-pytest.importorskip("humandiff.data.synthetic")
+import humandiff.models.unet  # noqa: F401  (fails loudly if broken)
+import humandiff.models.pose_encoder  # noqa: F401  (fails loudly if broken)
+import humandiff.diffusion.losses  # noqa: F401  (fails loudly if broken)
+import humandiff.data.loader  # noqa: F401  (fails loudly if broken)
+import humandiff.data.synthetic  # noqa: F401  (fails loudly if broken)
 
 from humandiff import config_lib, train  # noqa: E402
 from humandiff.training import input as train_input  # noqa: E402
