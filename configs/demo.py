@@ -71,7 +71,8 @@ def get_config(arg=None):
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3  # peak AdamW learning rate
-    c.optim.warmup_steps = 50  # linear warmup steps, then constant
+    c.optim.warmup_steps = 50  # linear warmup steps
+    c.optim.schedule = "constant"  # after warmup: constant | cosine (decays to 0 at total_steps)
     c.optim.b1 = 0.9  # AdamW beta1
     c.optim.b2 = 0.999  # AdamW beta2
     c.optim.eps = 1e-8  # AdamW epsilon
@@ -106,6 +107,7 @@ def get_config(arg=None):
         height=32,  # synthetic frame height, pixels
         width=32,  # synthetic frame width, pixels
         seed=0,  # seed offset of the training videos (held-out evaluation videos use seed + 100000)
+        travel=0.1,  # largest sideways wandering of a figure over a video, fraction of the width
     ))
 
     c.mesh = ml_collections.ConfigDict()

@@ -31,6 +31,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 NAN_POLICIES = ("skip", "stop")
 BETA_SCHEDULES = ("scaled_linear", "linear")
 TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
+LR_SCHEDULES = ("constant", "cosine")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "interpret")
 MESH_AXES = ("data", "fsdp", "tensor")
 DATA_SOURCES = ("synthetic", "tfds")
@@ -235,6 +236,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _one_of(config, "train.compute_dtype", COMPUTE_DTYPES)
     _one_of(config, "train.nan_policy", NAN_POLICIES)
     _one_of(config, "sample.sampler", SAMPLERS)
+    _one_of(config, "optim.schedule", LR_SCHEDULES)
     _one_of(config, "sample.timestep_spacing", TIMESTEP_SPACINGS)
     _one_of(config, "data.source", DATA_SOURCES)
     for key in ("optim.lr", "total_steps", "batch_size", "data.num_frames", "data.stride",
@@ -270,6 +272,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("data.resolution", res, "expected positive (height, width)")
     if config.task == "tryon" and config.data.source != "tfds":
         _fail("data.source", config.data.source, "the try-on stage reads a built VITON-HD dataset (tfds)")
+    travel = config.data.synthetic.travel
+    if config.data.source == "synthetic" and not 0.0 <= travel <= 0.5:
+        _fail("data.synthetic.travel", travel, "must be in [0, 0.5] (a fraction of the frame width)")
     if config.data.source == "tfds" and not config.data.data_dir:
         _fail("data.data_dir", config.data.data_dir, "data.source='tfds' needs the folder data_pipelines.build wrote")
     if config.model.vae_dir and not os.path.isdir(config.model.vae_dir):

@@ -55,6 +55,7 @@ def default_config() -> ml_collections.ConfigDict:
         height=64,  # synthetic frame height, pixels
         width=64,  # synthetic frame width, pixels
         seed=0,  # offset of the synthetic videos' seeds
+        travel=0.1,  # largest sideways wandering of a figure, fraction of the width
     ))
     return c
 
@@ -111,7 +112,8 @@ def open_source(config: ml_collections.ConfigDict) -> sources.RandomAccessSource
     if config.source == "tfds":
         return sources.open_tfds(config.data_dir, config.split, config.name)
     s = config.synthetic
-    return sources.SyntheticVideos(s.num_videos, s.num_frames, s.height, s.width, s.seed, split=config.split)
+    return sources.SyntheticVideos(s.num_videos, s.num_frames, s.height, s.width, s.seed, split=config.split,
+                                   travel=s.travel)
 
 
 def shard_options(process_index: int | None, process_count: int | None) -> grain.sharding.ShardOptions:

@@ -198,10 +198,11 @@ class SyntheticVideos:
     """The synthetic set generated on access (deterministic by index), with an `fps` field."""
 
     def __init__(self, num_videos: int, num_frames: int, height: int, width: int, seed: int = 0, fps: float = 8.0,
-                 split: str = "train"):
+                 split: str = "train", travel: float = 0.1):
         from humandiff.data import synthetic
 
-        self._source = synthetic.SyntheticSource(num_videos, num_frames, height, width, seed, split=split)
+        self._source = synthetic.SyntheticSource(num_videos, num_frames, height, width, seed, split=split,
+                                                 travel=travel)
         self._fps = float(fps)
 
     def __len__(self) -> int:

@@ -165,7 +165,7 @@ def render_frame(st: _Style, kp: np.ndarray, fx: np.ndarray, ex: Dict[str, Any],
 
 
 def make_video(seed: int, num_frames: int, height: int, width: int, *, identity: Optional[int] = None,
-               video_id: Optional[str] = None) -> Dict[str, Any]:
+               video_id: Optional[str] = None, travel: float = 0.1) -> Dict[str, Any]:
     """Generates one synthetic video.
 
     Args:
@@ -175,17 +175,20 @@ def make_video(seed: int, num_frames: int, height: int, width: int, *, identity:
       width: frame width in pixels (>= 16).
       identity: appearance seed; defaults to ``seed``.
       video_id: name of the record; defaults to ``"synthetic-id<identity>-m<seed>"``.
+      travel: largest amplitude of the figure's sideways wandering, a fraction of the width (see `make_motion`).
 
     Returns:
       ``{"video_id": str, "frames": uint8 [T, H, W, 3], "keypoints": float32 [T, 133, 3], "fps": float}``.
       Keypoints are in pixels of the frame; score 1 for points inside the frame, 0 outside.
     """
+    if not 0.0 <= travel <= 0.5:
+        raise ValueError(f"make_video: travel must be in [0, 0.5] (a fraction of the width), got {travel}")
     if num_frames < 1 or height < 16 or width < 16:
         raise ValueError(f"make_video: need num_frames >= 1 and a frame of at least 16x16, "
                          f"got num_frames={num_frames}, {height}x{width}")
     identity = int(seed if identity is None else identity)
     app = make_appearance(identity)
-    kp, extra = figure_keypoints(app, make_motion(int(seed), num_frames), height, width)
+    kp, extra = figure_keypoints(app, make_motion(int(seed), num_frames, travel), height, width)
     bg = background(app, height, width)
     style = _Style(app, float(extra["scale"][0]))
     xy = kp[..., :2].astype(np.float64)
@@ -206,7 +209,7 @@ class SyntheticSource:
     """
 
     def __init__(self, num_videos: int, num_frames: int, height: int, width: int, seed: int = 0, *,
-                 split: str = "train", num_identities: Optional[int] = None):
+                 split: str = "train", num_identities: Optional[int] = None, travel: float = 0.1):
         if split not in SPLITS:
             raise ValueError(f"SyntheticSource: split must be one of {SPLITS}, got {split!r}")
         if num_videos < 1:
@@ -214,7 +217,9 @@ class SyntheticSource:
         if num_identities is not None and num_identities < 1:
             raise ValueError(f"SyntheticSource: num_identities must be >= 1, got {num_identities}")
         self.num_videos, self.num_frames, self.height, self.width = num_videos, num_frames, height, width
-        self.seed, self.split, self.num_identities = int(seed), split, num_identities
+        if not 0.0 <= travel <= 0.5:
+            raise ValueError(f"SyntheticSource: travel must be in [0, 0.5] (a fraction of the width), got {travel}")
+        self.seed, self.split, self.num_identities, self.travel = int(seed), split, num_identities, float(travel)
 
     def __len__(self) -> int:
         return self.num_videos
@@ -234,8 +239,10 @@ class SyntheticSource:
         if not 0 <= index < self.num_videos:
             raise IndexError(f"SyntheticSource index {index} out of range [0, {self.num_videos})")
         return make_video(self.motion_seed(index), self.num_frames, self.height, self.width,
-                          identity=self.identity(index), video_id=f"synthetic-{self.split}-{self.seed}-{index:06d}")
+                          identity=self.identity(index), video_id=f"synthetic-{self.split}-{self.seed}-{index:06d}",
+                          travel=self.travel)
 
     def __repr__(self) -> str:
         return (f"SyntheticSource(num_videos={self.num_videos}, num_frames={self.num_frames}, height={self.height}, "
-                f"width={self.width}, seed={self.seed}, split={self.split!r}, num_identities={self.num_identities})")
+                f"width={self.width}, seed={self.seed}, split={self.split!r}, num_identities={self.num_identities}, "
+                f"travel={self.travel})")

@@ -109,8 +109,12 @@ def _wave(rng: np.random.Generator, t: np.ndarray, amp: float) -> np.ndarray:
     return amp * (np.sin(2 * np.pi * f1 * t + p1) + 0.3 * np.sin(2 * np.pi * f2 * t + p2)) / 1.3
 
 
-def make_motion(seed: int, num_frames: int) -> Dict[str, np.ndarray]:
-    """Joint angles [rad], face/hand shape controls and global placement per frame (each ``[T]``)."""
+def make_motion(seed: int, num_frames: int, travel: float = 0.1) -> Dict[str, np.ndarray]:
+    """Joint angles [rad], face/hand shape controls and global placement per frame (each ``[T]``).
+
+    ``travel`` bounds the amplitude of the figure's sideways wandering (fraction of the frame width); the
+    amplitude of each video is drawn from ``[0, travel)``.
+    """
     rng = np.random.default_rng([MOTION_DOMAIN, int(seed)])
     t = np.arange(num_frames, dtype=np.float64)
     m: Dict[str, np.ndarray] = {}
@@ -129,7 +133,7 @@ def make_motion(seed: int, num_frames: int) -> Dict[str, np.ndarray]:
         m[f"{side}_spread"] = 1.0 + _wave(rng, t, rng.uniform(0.0, 0.3))
         m[f"{side}_curl"] = np.clip(0.3 + _wave(rng, t, rng.uniform(0.0, 0.6)), 0.0, 0.9)
     m["size"] = np.full_like(t, rng.uniform(0.72, 0.9))  # figure height / frame height
-    m["x"] = rng.uniform(0.38, 0.62) + _wave(rng, t, rng.uniform(0.0, 0.1))  # pelvis x / frame width
+    m["x"] = rng.uniform(0.38, 0.62) + _wave(rng, t, rng.uniform(0.0, travel))  # pelvis x / frame width
     m["bob"] = _wave(rng, t, rng.uniform(0.0, 0.015))  # vertical bounce / frame height
     return m
 

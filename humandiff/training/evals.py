@@ -35,7 +35,7 @@ def held_out_inputs(config, num_videos: int, num_frames: int) -> tuple[dict[str,
     # Targets spread over a training-length video, so the reference is rarely a good copy of them.
     stride = max(1, (int(config.data.synthetic.num_frames) - 1) // num_frames)
     source = synthetic.SyntheticSource(num_videos, 1 + num_frames * stride, h, w, seed=config.data.synthetic.seed,
-                                       split="test")
+                                       split="test", travel=config.data.synthetic.travel)
     refs, ref_poses, poses, truth = [], [], [], []
     for i in range(num_videos):
         video = source[i]

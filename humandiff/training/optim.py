@@ -83,12 +83,18 @@ def merge(a: Mapping, b: Mapping) -> dict:
 
 
 def learning_rate(config) -> optax.Schedule:
-    """Linear warmup from 0 to `optim.lr` over `optim.warmup_steps`, then constant."""
+    """Linear warmup from 0 to `optim.lr` over `optim.warmup_steps`, then `optim.schedule`.
+
+    `constant` holds the peak; `cosine` decays it to 0 at `total_steps`.
+    """
     c = config.optim
+    if c.schedule == "cosine":
+        after = optax.cosine_decay_schedule(c.lr, max(int(config.total_steps) - c.warmup_steps, 1))
+    else:
+        after = optax.constant_schedule(c.lr)
     if c.warmup_steps == 0:
-        return optax.constant_schedule(c.lr)
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, c.lr, c.warmup_steps), optax.constant_schedule(c.lr)], [c.warmup_steps])
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, c.lr, c.warmup_steps), after], [c.warmup_steps])
 
 
 def make_optimizer(config) -> optax.GradientTransformation:

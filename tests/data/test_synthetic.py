@@ -86,6 +86,20 @@ def test_source_random_access_and_disjoint_splits():
         synthetic.make_video(0, 0, 32, 32)
 
 
+def test_travel_bounds_sideways_wandering():
+    """travel=0 keeps the pelvis column fixed; a larger travel moves it further; out-of-range travel is an error."""
+    from humandiff.data.synthetic_figure import make_motion
+    still = make_motion(5, 24, travel=0.0)["x"]
+    np.testing.assert_allclose(still, still[0])
+    spans = [np.ptp(make_motion(s, 24, travel=0.4)["x"]) - np.ptp(make_motion(s, 24)["x"]) for s in range(8)]
+    assert min(spans) >= 0 and max(spans) > 0.1
+    np.testing.assert_array_equal(make_motion(5, 24)["torso"], make_motion(5, 24, travel=0.4)["torso"])
+    with pytest.raises(ValueError, match="travel"):
+        synthetic.SyntheticSource(2, 4, 32, 32, travel=0.8)
+    with pytest.raises(ValueError, match="travel"):
+        synthetic.make_video(0, 4, 32, 32, travel=-0.1)
+
+
 def test_fast_enough():
     synthetic.make_video(0, 24, 64, 64)
     times = []

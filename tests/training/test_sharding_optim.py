@@ -113,6 +113,10 @@ def test_warmup_schedule_and_ema():
     config = config_lib.load("configs/tiny_test.py")
     lr = optim.learning_rate(config)
     assert float(lr(0)) == 0.0 and float(lr(config.optim.warmup_steps)) == pytest.approx(config.optim.lr)
+    cosine = optim.learning_rate(config_lib.load("configs/tiny_test.py", {"optim.schedule": "cosine"}))
+    w, total = config.optim.warmup_steps, config.total_steps
+    assert float(cosine(w)) == pytest.approx(config.optim.lr) and float(cosine(total)) == pytest.approx(0.0, abs=1e-12)
+    assert float(cosine(w + (total - w) // 2)) == pytest.approx(config.optim.lr / 2, rel=0.1)
     ema = optim.ema_update({"a": jnp.zeros(2)}, {"a": jnp.ones(2)}, 0.9)
     np.testing.assert_allclose(ema["a"], 0.1, rtol=1e-6)
     assert bool(optim.all_finite({"a": jnp.ones(2)})) and not bool(optim.all_finite({"a": jnp.array([1.0, jnp.nan])}))
