@@ -85,7 +85,9 @@ def get_config(arg=None):
     c.data = ml_collections.ConfigDict()  # humandiff.data.loader fields (stage and batch_size come from above)
     c.data.source = "synthetic"  # synthetic (generated on the fly) | tfds (built by data_pipelines.build)
     c.data.data_dir = ""  # tfds: dataset folder printed by data_pipelines.build
-    c.data.name = ""  # tfds: dataset name under data_dir (tiktok | ubc_fashion | video_folder | viton_hd)
+    c.data.name = ""  # tfds: dataset name under data_dir (tiktok | ubc_fashion | video_folder | viton_hd), or
+    # several separated by commas ("tiktok,ubc_fashion") mixed in one run; data_dir is then the build output root
+    c.data.weights = ()  # mixture: sampling weight per name in data.name (normalised); () = equal weights
     c.data.split = "train"  # tfds split
     c.data.resolution = (32, 32)  # (height, width) of training images and poses, pixels
     c.data.num_frames = 1  # target frames per example (1 = image stage)

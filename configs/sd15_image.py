@@ -7,10 +7,14 @@ dropout 0.1, reference at t=0.
 
     python -m humandiff.train \
         --config configs/sd15_image.py:sd15=/models/sd15,image_encoder=/models/clip_img,data_dir=/data/built \
-        --config.data.name=tiktok --workdir /work/scd_stage1
+        --workdir /work/scd_stage1
 
-Args: sd15 (folder with unet/ and vae/), image_encoder (folder), data_dir (built datasets), runlocal, interaction,
-use_ref_pose, form.
+trains on TikTok and UBC-Fashion mixed (both built by `data_pipelines.build --data_dir /data/built`, so
+/data/built/tiktok/1.0.0 and /data/built/ubc_fashion/1.0.0 exist), half the examples from each. Other proportions:
+`--config.data.weights=1,3` (a quarter TikTok); one dataset: `--config.data.name=tiktok`.
+
+Args: sd15 (folder with unet/ and vae/), image_encoder (folder), data_dir (the build output root holding the
+datasets), runlocal, interaction, use_ref_pose, form.
 """
 
 import os
@@ -53,8 +57,9 @@ def get_config(arg=None):
     c.optim.frozen = (r"^vae/", r"^image_encoder/")  # VAE and CLIP stay frozen (loaded, never saved)
 
     c.data.source = "tfds"  # ArrayRecord datasets written by data_pipelines.build
-    c.data.data_dir = arg.data_dir  # output folder of data_pipelines.build
-    c.data.name = "tiktok"  # tiktok | ubc_fashion (one dataset per run; fine-tune on the second after the first)
+    c.data.data_dir = arg.data_dir  # output root of data_pipelines.build (holds <name>/<version>/ per dataset)
+    c.data.name = "tiktok,ubc_fashion"  # datasets mixed in one run (comma-separated), or one: "tiktok"
+    c.data.weights = ()  # sampling weight per name in data.name, e.g. (1, 3); () = equal proportions
     c.data.resolution = (768, 512)  # (height, width), pixels
     c.data.min_margin = 8  # minimum |ref - tgt| frame distance
     c.data.num_threads = 16  # grain threads per process

@@ -216,6 +216,27 @@ def mesh_shape(config, num_devices: int) -> tuple[int, ...]:
     return shape
 
 
+def _data_mix(config) -> None:
+    """`data.name` (one dataset or a comma-separated mixture) and `data.weights`: known names, one positive
+    weight per name, and every dataset built under `data.data_dir`."""
+    from humandiff.data import sources  # light (json, os, numpy)
+
+    try:
+        mix = sources.parse_mix(config.data.name, config.data.get("weights", ()))
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from e
+    if config.task == "tryon" and len(mix) > 1:
+        _fail("data.name", config.data.name, "the try-on stage reads one VITON-HD dataset, not a mixture")
+    names = [n for n, _ in mix]
+    try:
+        if len(names) > 1:
+            sources.resolve_mix_dirs(config.data.data_dir, names)
+        else:
+            sources.resolve_dataset_dir(config.data.data_dir, names[0])
+    except FileNotFoundError as e:
+        raise ConfigError(f"config.data.name={config.data.name!r}: {e}") from e
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Rejects bad values before anything is built, naming the key and the value.
 
@@ -277,6 +298,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("data.synthetic.travel", travel, "must be in [0, 0.5] (a fraction of the frame width)")
     if config.data.source == "tfds" and not config.data.data_dir:
         _fail("data.data_dir", config.data.data_dir, "data.source='tfds' needs the folder data_pipelines.build wrote")
+    if config.data.source == "tfds":
+        _data_mix(config)
     if config.model.vae_dir and not os.path.isdir(config.model.vae_dir):
         _fail("model.vae_dir", config.model.vae_dir, "folder does not exist")
     for key in ("model.unet_dir", "model.image_encoder_dir", "model.motion_modules_path", "model.init_checkpoint"):

@@ -1,6 +1,10 @@
 """The training input pipeline (grain): source -> per-process shard -> shuffle -> examples -> batches
 -> global jax arrays. One entry point, `make_train_iterator(data_config, mesh=..., seed=...)`.
 
+Several built datasets mix in one run: `name="tiktok,ubc_fashion"` with `weights=(1, 3)` (proportions; () =
+equal). Each dataset is sharded, seeded, shuffled, repeated and transformed on its own, then
+`humandiff.data.mixture` draws from them in those proportions, in a seeded order (docs/data.md).
+
 The returned iterator is a `grain.DatasetIterator`: `get_state()` / `set_state()` make it resumable, and
 it saves with Orbax through `grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`.
 
@@ -18,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from humandiff.data import examples, sources, transforms
+from humandiff.data import examples, mixture, sources, transforms
 
 STAGES = ("image", "video", "tryon")
 SOURCES = ("tfds", "synthetic")
@@ -29,7 +33,9 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.source = "synthetic"  # "tfds": a dataset built by data_pipelines.build; "synthetic": generated on the fly
     c.data_dir = ""  # tfds: OUT/<name>/<version> printed by the build, or OUT together with `name`
-    c.name = ""  # tfds: dataset name under data_dir (tiktok | ubc_fashion | video_folder | viton_hd | synthetic)
+    c.name = ""  # tfds: dataset name under data_dir (tiktok | ubc_fashion | video_folder | viton_hd | synthetic),
+    # or several separated by commas ("tiktok,ubc_fashion"): a mixture; data_dir is then the build output root
+    c.weights = ()  # mixture: sampling weight per name in `name` (normalised to proportions); () = equal
     c.split = "train"  # tfds split ("train", "test", VITON-HD: "test_paired" / "test_unpaired")
     c.stage = "image"  # "image": ref+target frames; "video": clips + ref; "tryon": VITON-HD pairs
     c.resolution = (512, 512)  # (height, width) of reference/target images and poses, pixels
@@ -78,6 +84,11 @@ def validate_config(config: ml_collections.ConfigDict, process_count: int = 1) -
         raise ValueError(f"data.source={config.source!r}; expected one of {SOURCES}")
     if config.source == "tfds" and not config.data_dir:
         raise ValueError("data.source='tfds' needs data.data_dir (the output of data_pipelines.build)")
+    if config.source == "tfds":
+        mix = sources.parse_mix(config.name, config.weights)
+        if config.stage == "tryon" and len(mix) > 1:
+            raise ValueError(f"data.name={config.name!r}: the try-on stage reads one VITON-HD dataset, not a "
+                             "mixture")
     if config.stage == "tryon" and config.source != "tfds":
         raise ValueError("data.stage='tryon' needs a built VITON-HD dataset (data.source='tfds')")
     h, w = resolution(config)
@@ -107,10 +118,18 @@ def example_options(config: ml_collections.ConfigDict) -> examples.ExampleOption
         score_threshold=config.score_threshold, skip_short=config.skip_short)
 
 
-def open_source(config: ml_collections.ConfigDict) -> sources.RandomAccessSource:
-    """The random-access source the config names."""
+Mixture = mixture.Mixture  # several sources in fixed proportions (humandiff/data/mixture.py)
+
+
+def open_source(config: ml_collections.ConfigDict) -> sources.RandomAccessSource | Mixture:
+    """The random-access source the config names (a `Mixture` when `name` lists several datasets)."""
     if config.source == "tfds":
-        return sources.open_tfds(config.data_dir, config.split, config.name)
+        mix = sources.parse_mix(config.name, config.weights)
+        if len(mix) == 1:
+            return sources.open_tfds(config.data_dir, config.split, config.name)
+        names = [n for n, _ in mix]
+        dirs = sources.resolve_mix_dirs(config.data_dir, names)
+        return Mixture([sources.open_tfds(d, config.split) for d in dirs], [w for _, w in mix], names)
     s = config.synthetic
     return sources.SyntheticVideos(s.num_videos, s.num_frames, s.height, s.width, s.seed, split=config.split,
                                    travel=s.travel)
@@ -125,28 +144,44 @@ def shard_options(process_index: int | None, process_count: int | None) -> grain
     return grain.sharding.ShardOptions(process_index, process_count, drop_remainder=False)
 
 
-def build_dataset(source: sources.RandomAccessSource, config: ml_collections.ConfigDict, *, seed: int,
-                  shard: grain.sharding.ShardOptions, num_epochs: int | None = None) -> grain.IterDataset:
-    """The per-process pipeline over `source`, yielding numpy batches of batch_size / shard_count.
-
-    Args:
-        source: random-access records (`open_source`, or any list-like of records).
-        config: the data config (`default_config` fields).
-        seed: pipeline seed; each process folds in its shard index.
-        shard: which part of the records this process reads.
-        num_epochs: None repeats forever.
-    """
-    validate_config(config, shard.shard_count)
+def _examples(source: sources.RandomAccessSource, config: ml_collections.ConfigDict, seed: list[int],
+              shard: grain.sharding.ShardOptions, num_epochs: int | None, what: str) -> grain.MapDataset:
+    """One source's examples for this process: shard -> seed -> shuffle -> repeat -> per-example transform."""
     if len(source) < shard.shard_count:
-        raise ValueError(f"{len(source)} records cannot be split over {shard.shard_count} processes")
-    process_seed = int(np.random.SeedSequence([seed, shard.shard_index]).generate_state(1)[0])
+        raise ValueError(f"{what}: {len(source)} records cannot be split over {shard.shard_count} processes")
+    process_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
     ds = grain.MapDataset.source(source)[shard.shard_index::shard.shard_count].seed(process_seed)
     if config.shuffle:
         ds = ds.shuffle()
     ds = ds.repeat(num_epochs)
     options = example_options(config)
     op = examples.TryOnExampleOp(options) if config.stage == "tryon" else examples.VideoExampleOp(options)
-    ds = ds.random_map(op)
+    return ds.random_map(op)
+
+
+def build_dataset(source: sources.RandomAccessSource | Mixture, config: ml_collections.ConfigDict, *, seed: int,
+                  shard: grain.sharding.ShardOptions, num_epochs: int | None = None) -> grain.IterDataset:
+    """The per-process pipeline over `source`, yielding numpy batches of batch_size / shard_count.
+
+    Args:
+        source: random-access records (`open_source`, or any list-like of records), or a `Mixture` of
+            several: each is sharded, shuffled and transformed on its own (dataset i seeded with
+            (seed, shard index, i + 1)), then `mixture.mix` draws from them in the mixture's proportions
+            (exact per block of 1000 examples, seeded order; finite epochs end when one dataset runs out).
+        config: the data config (`default_config` fields).
+        seed: pipeline seed; each process folds in its shard index.
+        shard: which part of the records this process reads.
+        num_epochs: None repeats forever.
+    """
+    validate_config(config, shard.shard_count)
+    if isinstance(source, Mixture):
+        names = tuple(source.names) or tuple(f"source {i}" for i in range(len(source.sources)))
+        parts = [_examples(s, config, [seed, shard.shard_index, i + 1], shard, num_epochs, f"dataset {names[i]}")
+                 for i, s in enumerate(source.sources)]
+        mix_seed = int(np.random.SeedSequence([seed, shard.shard_index, 0]).generate_state(1)[0])
+        ds = mixture.mix(parts, [float(w) for w in source.weights], mix_seed)
+    else:
+        ds = _examples(source, config, [seed, shard.shard_index], shard, num_epochs, "source")
     read = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch)
     it_ds = ds.to_iter_dataset(read).batch(config.batch_size // shard.shard_count, drop_remainder=True)
     if config.num_workers > 0:
@@ -189,7 +224,7 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, mesh: jax.sha
         seed: pipeline seed (shuffle order, sampling, crops, flips, condition dropout).
         process_index: this process's index; default `jax.process_index()` (via ShardByJaxProcess).
         process_count: number of processes; default `jax.process_count()`.
-        source: overrides the source the config names (tests, benchmarks).
+        source: overrides the source the config names (tests, benchmarks); a `Mixture` mixes several.
         sharding: overrides the batch sharding derived from `mesh` (dim 0 must be the batch).
 
     Returns:
@@ -215,6 +250,13 @@ def describe(config: ml_collections.ConfigDict) -> dict[str, Any]:
     info = {"source": config.source, "stage": config.stage, "resolution": resolution(config),
             "batch_size": config.batch_size}
     if config.source == "tfds":
-        path = sources.resolve_dataset_dir(config.data_dir, config.name)
-        info.update(dataset_dir=path, num_skipped=sources.dataset_metadata(path).get("num_skipped", {}))
+        mix = sources.parse_mix(config.name, config.weights)
+        if len(mix) == 1:
+            path = sources.resolve_dataset_dir(config.data_dir, config.name)
+            info.update(dataset_dir=path, num_skipped=sources.dataset_metadata(path).get("num_skipped", {}))
+        else:
+            paths = sources.resolve_mix_dirs(config.data_dir, [n for n, _ in mix])
+            info.update(mixture={n: round(w, 4) for n, w in mix}, dataset_dir=paths,
+                        num_skipped={n: sources.dataset_metadata(p).get("num_skipped", {})
+                                     for (n, _), p in zip(mix, paths)})
     return info

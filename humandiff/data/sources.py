@@ -17,6 +17,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 INDEX_FILE = "video_index.json"
+DATASET_NAMES = ("tiktok", "ubc_fashion", "video_folder", "viton_hd", "synthetic")  # data_pipelines.build names
 
 
 class RandomAccessSource(Protocol):
@@ -45,6 +46,57 @@ def resolve_dataset_dir(data_dir: str, name: str = "") -> str:
     raise FileNotFoundError(
         f"no built dataset at data_dir={data_dir!r} name={name!r} (looked for dataset_info.json in "
         f"{data_dir} and {root}/<version>); build it with `python -m data_pipelines.build`")
+
+
+def resolve_mix_dirs(data_dir: str, names: Sequence[str]) -> list[str]:
+    """The version folder of each dataset of a mixture, `data_dir/<name>/<newest version>`.
+
+    Raises:
+        FileNotFoundError: `data_dir` is a single dataset's version folder, or a dataset is not built there
+            (names the dataset and the paths searched).
+    """
+    if len(names) > 1 and os.path.exists(os.path.join(os.path.expanduser(data_dir), "dataset_info.json")):
+        raise FileNotFoundError(f"data.data_dir={data_dir!r} is one dataset's version folder; a mixture "
+                                f"data.name={','.join(names)!r} needs the build output root (OUT, holding "
+                                "OUT/<name>/<version>)")
+    return [resolve_dataset_dir(data_dir, n) for n in names]
+
+
+def parse_mix(name: str, weights: Sequence[float] = ()) -> tuple[tuple[str, float], ...]:
+    """`data.name` ("tiktok" or "tiktok,ubc_fashion") and `data.weights` -> ((name, proportion), ...).
+
+    Args:
+        name: one dataset name, or several separated by commas (a mixture); "" means `data_dir` is itself
+            the dataset version folder.
+        weights: sampling weights, one per name (any positive scale; they are normalised to sum to 1);
+            empty means equal weights.
+
+    Returns:
+        The (name, proportion) pairs in the order written; proportions sum to 1.
+
+    Raises:
+        ValueError: an unknown, empty or repeated name, a weight that is not a positive number, or a weight
+            count that differs from the name count (the message names `data.name` / `data.weights`).
+    """
+    names = tuple(n.strip() for n in name.split(",")) if name else ("",)
+    if len(names) > 1 or names[0]:
+        for n in names:
+            if n not in DATASET_NAMES:
+                raise ValueError(f"data.name={name!r}: dataset {n!r} is unknown; expected comma-separated names "
+                                 f"from {DATASET_NAMES}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.name={name!r}: a dataset is named twice (use data.weights for proportions)")
+        if len(names) > 1 and "viton_hd" in names:
+            raise ValueError(f"data.name={name!r}: viton_hd (try-on pairs) cannot be mixed with video datasets")
+    weights = tuple(weights) if weights else (1.0,) * len(names)
+    if len(weights) != len(names):
+        raise ValueError(f"data.weights={weights!r}: {len(weights)} weights for the {len(names)} datasets "
+                         f"{names} of data.name={name!r} (one weight per name, or () for equal weights)")
+    for n, w in zip(names, weights):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w <= 0:
+            raise ValueError(f"data.weights={weights!r}: weight {w!r} of dataset {n!r} must be a number > 0")
+    total = float(sum(weights))
+    return tuple((n, float(w) / total) for n, w in zip(names, weights))
 
 
 def dataset_metadata(dataset_dir: str) -> dict[str, Any]:

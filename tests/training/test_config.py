@@ -5,16 +5,24 @@ import pytest
 from humandiff import config_lib
 from humandiff.config_lib import ConfigError
 
-CONFIGS = ["configs/demo.py", "configs/tiny_test.py", "configs/sd15_image.py:data_dir=/tmp",
-           "configs/sd15_video.py:data_dir=/tmp", "configs/sd15_tryon.py:data_dir=/tmp",
+CONFIGS = ["configs/demo.py", "configs/tiny_test.py", "configs/sd15_image.py:data_dir={built}",
+           "configs/sd15_video.py:data_dir={built}", "configs/sd15_tryon.py:data_dir={built}",
            "configs/sd15_image.py:runlocal", "configs/sd15_video.py:runlocal",
-           "configs/sd15_tryon.py:runlocal,data_dir=/tmp",
+           "configs/sd15_tryon.py:runlocal,data_dir={built}",
            "configs/demo.py:interaction=full,use_ref_pose=false,form=joint"]
 
 
+def built_root(tmp_path, names=("tiktok", "ubc_fashion", "viton_hd")) -> str:
+    """A build output root in which each named dataset looks built (OUT/<name>/1.0.0/dataset_info.json)."""
+    for name in names:
+        (tmp_path / name / "1.0.0").mkdir(parents=True)
+        (tmp_path / name / "1.0.0" / "dataset_info.json").write_text("{}")
+    return str(tmp_path)
+
+
 @pytest.mark.parametrize("spec", CONFIGS)
-def test_shipped_configs_validate(spec):
-    config = config_lib.load(spec)
+def test_shipped_configs_validate(spec, tmp_path):
+    config = config_lib.load(spec.format(built=built_root(tmp_path)))
     config_lib.validate(config, num_devices=8 if "tiny" in spec else (4 if "runlocal" in spec else None))
 
 
