@@ -126,7 +126,7 @@ def open_source(config: ml_collections.ConfigDict) -> sources.RandomAccessSource
     if config.source == "tfds":
         mix = sources.parse_mix(config.name, config.weights)
         if len(mix) == 1:
-            return sources.open_tfds(config.data_dir, config.split, config.name)
+            return sources.open_tfds(config.data_dir, config.split, mix[0][0])
         names = [n for n, _ in mix]
         dirs = sources.resolve_mix_dirs(config.data_dir, names)
         return Mixture([sources.open_tfds(d, config.split) for d in dirs], [w for _, w in mix], names)
@@ -252,7 +252,7 @@ def describe(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if config.source == "tfds":
         mix = sources.parse_mix(config.name, config.weights)
         if len(mix) == 1:
-            path = sources.resolve_dataset_dir(config.data_dir, config.name)
+            path = sources.resolve_dataset_dir(config.data_dir, mix[0][0])
             info.update(dataset_dir=path, num_skipped=sources.dataset_metadata(path).get("num_skipped", {}))
         else:
             paths = sources.resolve_mix_dirs(config.data_dir, [n for n, _ in mix])
