@@ -89,6 +89,11 @@ def test_unknown_layouts():
         logical_axes.leaf_axes("unet/lut", (4, 4, 4))
     assert logical_axes.leaf_axes("unet/extra/gain", (8,)) == (None,)  # 1-D vectors: unnamed, replicated
     assert logical_axes.leaf_axes("unet/extra/step", ()) == ()
+    config = _tiny((1, 8, 1))
+    tree = {"unet": {"extra": {"gain": jax.ShapeDtypeStruct((64,), jnp.float32)}}}
+    shard = sharding.config_shardings(config, tree, sharding.make_mesh(config))
+    assert shard["unet"]["extra"]["gain"].spec == P(None)
+    assert "1 unnamed 1-D parameters, replicated: ['unet/extra/gain']" in sharding.summary(config, tree, shard)[-1]
 
 
 def test_tiny_params_get_the_specs_the_rules_say():
@@ -108,6 +113,9 @@ def test_tiny_params_get_the_specs_the_rules_say():
     assert spec["unet/down_blocks_0/resnets_0/norm1/scale"] == P(None)
     assert spec["unet/time_embedding/linear_2/kernel"] == P("fsdp", None)  # one axis at most once
     assert table[f"{ATTN}/to_q/kernel"] == "(16, 16) ('embed', 'heads') -> ('fsdp', 'tensor')"
+    lines = sharding.summary(config, abstract, shard)  # what the trainer logs at start-up
+    assert lines[0].startswith("sharding (logical): ") and " parameters sharded (" in lines[0], lines[0]
+    assert any(line.endswith("('embed', 'heads') -> ('fsdp', 'tensor')") for line in lines), lines
     # min_size still applies; every sharded dimension divides evenly.
     small = _tiny((1, 4, 2), min_size=300)
     small_shard = sharding.config_shardings(small, abstract, sharding.make_mesh(small))
@@ -134,7 +142,7 @@ def test_rules_fallback_and_non_divisible():
 
 def test_optimizer_and_ema_state_follow_params():
     config = _tiny((2, 2, 2))
-    models, abstract = _abstract_params(config)
+    _, abstract = _abstract_params(config)
     tx = optim.make_optimizer(config)
     state = jax.eval_shape(lambda p: train_step.init_state(p, tx, 0.9), abstract)
     shard = sharding.config_shardings(config, state, sharding.make_mesh(config))
