@@ -115,7 +115,17 @@ def get_config(arg=None):
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); one -1 takes the rest
     c.sharding = ml_collections.ConfigDict()
-    c.sharding.rules = (  # (regex over param path, strategy), first match wins; strategy fsdp|tensor|replicate
+    c.sharding.mode = "logical"  # logical (logical_rules over named dims) | regex (rules over param paths)
+    c.sharding.logical_rules = (  # (logical dim name, mesh axis | None), tried in order; see docs/training.md
+        ("heads", "tensor"),  # attention q/k/v outputs and to_out inputs (Megatron-style)
+        ("mlp", "tensor"),  # feed-forward hidden width
+        ("conv_out", "fsdp"),  # conv output channels (and conv biases)
+        ("conv_in", "fsdp"),  # fallback when conv_out does not divide (e.g. the UNet's 4 output channels)
+        ("embed", "fsdp"),  # Dense input/output width
+        ("temb", "fsdp"),  # time-embedding width
+        ("conv_h", None), ("conv_w", None), ("norm", None), ("pos", None),  # replicated
+    )
+    c.sharding.rules = (  # mode=regex: (regex over param path, strategy), first match wins; fsdp|tensor|replicate
         (r"(kernel|embedding)$", "fsdp"),
         (r".*", "replicate"),
     )

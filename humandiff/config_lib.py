@@ -34,6 +34,9 @@ TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
 LR_SCHEDULES = ("constant", "cosine")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "interpret")
 MESH_AXES = ("data", "fsdp", "tensor")
+SHARDING_MODES = ("logical", "regex")
+# Logical names of parameter dimensions (humandiff.training.logical_axes documents each one).
+LOGICAL_AXES = ("conv_h", "conv_w", "conv_in", "conv_out", "embed", "heads", "mlp", "temb", "norm", "pos")
 DATA_SOURCES = ("synthetic", "tfds")
 TASKS = ("image", "video", "tryon")
 
@@ -199,6 +202,32 @@ def _regexes(config, key: str) -> None:
             _fail(key, pattern, f"invalid regex: {e}")
 
 
+def _sharding(config) -> None:
+    """`config.sharding`: mode, regex rules and logical rules (names and mesh axes)."""
+    _one_of(config, "sharding.mode", SHARDING_MODES)
+    for i, rule in enumerate(config.sharding.rules):
+        if len(rule) != 2:
+            _fail(f"sharding.rules[{i}]", rule, "expected (regex, strategy)")
+        try:
+            re.compile(rule[0])
+        except re.error as e:
+            _fail(f"sharding.rules[{i}]", rule[0], f"invalid regex: {e}")
+        if rule[1] not in ("fsdp", "replicate", "tensor"):
+            _fail(f"sharding.rules[{i}]", rule[1], "strategy must be fsdp, replicate or tensor")
+    replicated, sharded = set(), set()
+    for i, rule in enumerate(_get(config, "sharding.logical_rules")):
+        if isinstance(rule, str) or len(rule) != 2:
+            _fail(f"sharding.logical_rules[{i}]", rule, "expected (logical_name, mesh_axis or None)")
+        name, axis = rule
+        if name not in LOGICAL_AXES:
+            _fail(f"sharding.logical_rules[{i}]", name, f"unknown logical axis name; known: {LOGICAL_AXES}")
+        if axis is not None and axis not in MESH_AXES:
+            _fail(f"sharding.logical_rules[{i}]", axis, f"unknown mesh axis; expected one of {MESH_AXES} or None")
+        (replicated if axis is None else sharded).add(name)
+        if name in replicated and name in sharded:
+            _fail(f"sharding.logical_rules[{i}]", rule, f"{name!r} is mapped both to None and to a mesh axis")
+
+
 def mesh_shape(config, num_devices: int) -> tuple[int, ...]:
     """Resolves `config.mesh.shape` (one entry may be -1) against the device count, or raises ConfigError."""
     shape = tuple(int(x) for x in config.mesh.shape)
@@ -275,15 +304,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("diffusion.beta_end", config.diffusion.beta_end, "need 0 < beta_start < beta_end")
     _regexes(config, "optim.trainable")
     _regexes(config, "optim.frozen")
-    for i, rule in enumerate(config.sharding.rules):
-        if len(rule) != 2:
-            _fail(f"sharding.rules[{i}]", rule, "expected (regex, strategy)")
-        try:
-            re.compile(rule[0])
-        except re.error as e:
-            _fail(f"sharding.rules[{i}]", rule[0], f"invalid regex: {e}")
-        if rule[1] not in ("fsdp", "replicate", "tensor"):
-            _fail(f"sharding.rules[{i}]", rule[1], "strategy must be fsdp, replicate or tensor")
+    _sharding(config)
     if config.task == "video" and config.data.num_frames < 2:
         _fail("data.num_frames", config.data.num_frames, "the video stage needs at least 2 frames")
     if config.train.form == "joint" and config.data.num_frames != 1:

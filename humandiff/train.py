@@ -92,9 +92,12 @@ def build_state(config, models, pretrained, mesh, ckpt, data_iter) -> tuple[Any,
         return train_step.init_state(trainable, tx, config.optim.ema_decay), frozen
 
     abstract_state, abstract_frozen = jax.eval_shape(init, key)
-    rules, min_size = tuple(tuple(r) for r in config.sharding.rules), config.sharding.min_size
-    state_sh = sharding.tree_shardings(abstract_state, mesh, rules, min_size)
-    frozen_sh = sharding.tree_shardings(abstract_frozen, mesh, rules, min_size)
+    state_sh = sharding.config_shardings(config, abstract_state, mesh)
+    frozen_sh = sharding.config_shardings(config, abstract_frozen, mesh)
+    if jax.process_index() == 0:
+        both = {"params": abstract_state["params"], "frozen": abstract_frozen}
+        for line in sharding.summary(config, both, {"params": state_sh["params"], "frozen": frozen_sh}):
+            logging.info("%s", line)
     state, frozen = jax.jit(init, out_shardings=(state_sh, frozen_sh))(key)
     for name, tree in pretrained.items():  # weights from local diffusers/transformers folders
         state["params"] = _overlay(state["params"], {name: tree}, name)

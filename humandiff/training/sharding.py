@@ -1,29 +1,38 @@
 """Device mesh and shardings, as config data.
 
 The mesh has axes `(data, fsdp, tensor)` with the shape from `config.mesh.shape` (one -1 takes the remaining
-devices). Parameter shardings come from rules over parameter paths (`"unet/down_blocks_0/resnets_0/conv1/kernel"`),
-evaluated on `jax.eval_shape` output so nothing is allocated before the shardings are known:
+devices). Parameter shardings are computed on `jax.eval_shape` output, so nothing is allocated before they are
+known, in one of two modes (`config.sharding.mode`):
 
-- `fsdp`: shard the largest dimension divisible by the fsdp axis size over `fsdp` (replicated otherwise);
-- `tensor`: shard the last dimension over `tensor` when divisible, and the largest other divisible dimension over
-  `fsdp`;
-- `replicate`: replicated.
+- `logical` (default): every parameter dimension has a logical name (`humandiff.training.logical_axes`: conv_out,
+  embed, heads, mlp, ...) and `config.sharding.logical_rules`, `(logical_name, mesh_axis | None)` pairs, map names
+  to mesh axes. Rules are tried in order; a rule shards the first not-yet-sharded dimension with its name over its
+  axis when that axis is unused by the parameter, has size > 1, and divides the dimension (a later rule for the
+  same name is the fallback, e.g. conv_in when conv_out is not divisible). `(name, None)` documents a replicated
+  name.
+- `regex`: rules over parameter paths (`"unet/down_blocks_0/resnets_0/conv1/kernel"`) pick a coarse strategy
+  (`config.sharding.rules`, first match wins):
+  - `fsdp`: shard the largest dimension divisible by the fsdp axis size over `fsdp` (replicated otherwise);
+  - `tensor`: shard the last dimension over `tensor` when divisible, and the largest other divisible dimension
+    over `fsdp`;
+  - `replicate`: replicated.
 
-The first matching rule wins; leaves smaller than `config.sharding.min_size` elements are replicated. Optimizer
-and EMA states get the sharding of the parameter they mirror (same path suffix, same shape). Batches are sharded on
-their leading dimension over `(data, fsdp)`.
+In both modes leaves smaller than `config.sharding.min_size` elements are replicated, and optimizer and EMA states
+get the sharding of the parameter they mirror (same path suffix, same shape). Batches are sharded on their leading
+dimension over `(data, fsdp)`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from humandiff import config_lib
+from humandiff.training import logical_axes
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -104,6 +113,67 @@ def tree_shardings(abstract_tree: Any, mesh: Mesh, rules: Sequence[tuple[str, st
     return jax.tree_util.tree_map_with_path(one, abstract_tree)
 
 
+def logical_spec(names: Sequence[str | None], shape: Sequence[int], rules: Sequence[tuple[str, str | None]],
+                 mesh_sizes: Mapping[str, int], min_size: int = 0) -> P:
+    """The PartitionSpec the logical rules give one parameter.
+
+    Args:
+      names: logical name per dimension (`logical_axes.leaf_axes`).
+      shape: parameter shape.
+      rules: `(logical_name, mesh_axis | None)` pairs, tried in order.
+      mesh_sizes: axis name -> size.
+      min_size: leaves with fewer elements are replicated.
+
+    Returns:
+      A PartitionSpec with one entry per dimension (None = not sharded). A mesh axis appears at most once; a
+      dimension is only sharded over an axis of size > 1 that divides it.
+    """
+    spec: list[Any] = [None] * len(shape)
+    if not shape or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P(*spec)
+    used: set[str] = set()
+    for logical, axis in rules:
+        if axis is None or axis in used or mesh_sizes[axis] <= 1:
+            continue
+        for i, name in enumerate(names):
+            if name == logical and spec[i] is None and shape[i] % mesh_sizes[axis] == 0:
+                spec[i] = axis
+                used.add(axis)
+                break
+    return P(*spec)
+
+
+def flat_shapes(abstract_tree: Any) -> dict[str, tuple[int, ...]]:
+    """`{path: shape}` of every leaf."""
+    return {path_str(p): tuple(getattr(x, "shape", ())) for p, x in
+            jax.tree_util.tree_flatten_with_path(abstract_tree)[0]}
+
+
+def logical_tree_shardings(abstract_tree: Any, mesh: Mesh, rules: Sequence[tuple[str, str | None]],
+                           min_size: int = 0) -> Any:
+    """NamedShardings for every leaf of an abstract tree, by logical axis names and `rules`.
+
+    Raises:
+      logical_axes.LogicalAxesError: a parameter of rank >= 2 whose layout has no names (the path is named).
+    """
+    sizes = dict(mesh.shape)
+    axes = logical_axes.tree_axes(flat_shapes(abstract_tree))
+
+    def one(path, leaf):
+        shape = tuple(getattr(leaf, "shape", ()))
+        return NamedSharding(mesh, logical_spec(axes[path_str(path)], shape, rules, sizes, min_size))
+
+    return jax.tree_util.tree_map_with_path(one, abstract_tree)
+
+
+def config_shardings(config, abstract_tree: Any, mesh: Mesh) -> Any:
+    """Shardings of an abstract tree by `config.sharding` (mode logical or regex, min_size)."""
+    c = config.sharding
+    if c.mode == "logical":
+        return logical_tree_shardings(abstract_tree, mesh, tuple(tuple(r) for r in c.logical_rules), c.min_size)
+    return tree_shardings(abstract_tree, mesh, tuple(tuple(r) for r in c.rules), c.min_size)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding of batch arrays: leading dimension over (data, fsdp), the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXES))
@@ -114,11 +184,44 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def describe(shardings: Any, abstract_tree: Any) -> dict[str, str]:
-    """`{path: "shape -> spec"}` for logging and tests."""
+def describe(shardings: Any, abstract_tree: Any, logical: bool = False) -> dict[str, str]:
+    """`{path: "shape -> spec"}` (or `"shape names -> spec"` with `logical`) for logging and tests."""
     out = {}
     flat_s = jax.tree_util.tree_flatten_with_path(shardings)[0]
     flat_a = jax.tree_util.tree_leaves(abstract_tree)
+    axes = logical_axes.tree_axes(flat_shapes(abstract_tree)) if logical else {}
     for (path, sharding), leaf in zip(flat_s, flat_a):
-        out[path_str(path)] = f"{tuple(leaf.shape)} -> {tuple(sharding.spec)}"
+        key = path_str(path)
+        names = f" {axes[key]}" if logical else ""
+        out[key] = f"{tuple(leaf.shape)}{names} -> {tuple(sharding.spec)}"
     return out
+
+
+def summary(config, abstract_params: Any, shardings: Any) -> list[str]:
+    """Start-up log lines: totals, then one example parameter per distinct layout (names -> spec).
+
+    Args:
+      config: the training config (`config.sharding.mode`).
+      abstract_params: abstract parameter tree.
+      shardings: its NamedShardings (same structure).
+    """
+    logical = config.sharding.mode == "logical"
+    table = describe(shardings, abstract_params, logical=logical)
+    shapes = flat_shapes(abstract_params)
+    specs = {path_str(p): s.spec for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}
+    sharded = [p for p, spec in specs.items() if any(a is not None for a in spec)]
+    total = sum(int(np.prod(s, dtype=np.int64)) for s in shapes.values())
+    part = sum(int(np.prod(shapes[p], dtype=np.int64)) for p in sharded)
+    lines = [f"sharding ({config.sharding.mode}): {len(sharded)} of {len(table)} parameters sharded "
+             f"({part / max(total, 1):.1%} of {total} scalars); one example per layout:"]
+    axes = logical_axes.tree_axes(shapes) if logical else {}
+    seen = set()
+    for path, desc in table.items():
+        layout = axes[path] if logical else tuple(specs[path])
+        if layout not in seen:
+            seen.add(layout)
+            lines.append(f"  {path}: {desc}")
+    unnamed = logical_axes.unnamed_vectors(axes)
+    if unnamed:
+        lines.append(f"  {len(unnamed)} unnamed 1-D parameters, replicated: {unnamed[:8]}")
+    return lines

@@ -66,6 +66,12 @@ BAD = [
     ("mesh.shape", (3, 1, 1), r"mesh.shape=\(3, 1, 1\)"),
     ("mesh.shape", (-1, -1, 1), r"mesh.shape=\(-1, -1, 1\)"),
     ("sharding.rules", ((r"kernel$", "diagonal"),), "sharding.rules\\[0\\]='diagonal'"),
+    ("sharding.mode", "auto", "sharding.mode='auto'"),
+    ("sharding.logical_rules", (("embed", "fsdp"), ("embedding", "fsdp")),
+     "sharding.logical_rules\\[1\\]='embedding'"),
+    ("sharding.logical_rules", (("heads", "model"),), "sharding.logical_rules\\[0\\]='model'"),
+    ("sharding.logical_rules", (("heads",),), "sharding.logical_rules\\[0\\]=\\('heads',\\)"),
+    ("sharding.logical_rules", (("norm", None), ("norm", "fsdp")), "mapped both to None and to a mesh axis"),
 ]
 
 
