@@ -177,7 +177,9 @@ def test_jitted_update_keeps_logical_shardings():
     kernel = new["params"]["unet"]["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]["attn1"]["to_q"]["kernel"]
     assert kernel.sharding.spec == P("fsdp", "tensor")
     assert {s.data.shape for s in kernel.addressable_shards} == {(8, 8)}  # (16, 16) over fsdp=2, tensor=2
-    assert int(new["step"]) == 1 and bool(optim.all_finite(new["params"]))
+    # Checked on the host: hundreds of eager sharded reductions (one collective each) can miss XLA's CPU
+    # rendezvous deadline on a loaded 2-core machine and abort the process.
+    assert int(new["step"]) == 1 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(new["params"]))
     mu = [x for p, x in jax.tree_util.tree_flatten_with_path(new["opt_state"])[0]
           if sharding.path_str(p).endswith(f"mu/{ATTN}/to_q/kernel")]
     assert len(mu) == 1 and mu[0].sharding.spec == P("fsdp", "tensor")
