@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     p.add_argument("--raw", action="store_true", help="raw parameters instead of the EMA")
     p.add_argument("--png", default="", help="optional side-by-side PNG path")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/temporal_consistency_<backend>"
-                                                ".json; results are keyed by frames)")
+                                                ".json; results are keyed by step and frames)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     result, arrays = run(args)
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     if os.path.isfile(out):
         with open(out, encoding="utf-8") as fh:
             existing = json.load(fh)
-    existing[f"frames_{args.frames}"] = result
+    existing[f"step_{result['step']}_frames_{args.frames}"] = result
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w", encoding="utf-8") as fh:
         json.dump(existing, fh, indent=2)
