@@ -19,8 +19,11 @@ import ml_collections
 from humandiff import config_lib
 
 # Fields copied from the stage-1 run's config.json: everything that shapes the parameters or their meaning.
+# Module constructor fields are replaced whole; the other groups are merged key by key, so a field added to
+# configs/demo.py after the stage-1 run keeps its default (and one since removed is ignored).
 STAGE1_KEYS = ("model.unet", "model.pose_encoder", "model.unet_extra", "model.interaction", "model.use_ref_pose",
                "model.pose_injection", "diffusion", "data.resolution", "data.synthetic")
+MERGED_KEYS = ("diffusion", "data.synthetic")
 
 
 def _tuples(value):
@@ -58,7 +61,12 @@ def _copy_stage1(c: ml_collections.ConfigDict, stage1: dict, path: str) -> None:
         for part in parents:
             dest = dest[part]
         value = _tuples(node)
-        dest[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+        if key in MERGED_KEYS:
+            if not isinstance(value, dict):
+                raise config_lib.ConfigError(f"{path}: {key!r} must be an object, got {value!r}")
+            dest[leaf].update({k: v for k, v in value.items() if k in dest[leaf]})
+        else:
+            dest[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
 
 
 def get_config(arg=None):

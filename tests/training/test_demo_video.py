@@ -43,6 +43,21 @@ def test_architecture_comes_from_stage1_config_json(tmp_path):
     assert tuple(c.optim.trainable) == ("motion_modules",) and c.data.num_frames >= 2
 
 
+def test_merged_groups_keep_new_fields_and_drop_old_ones(tmp_path):
+    """A stage-1 run older than configs/demo.py: a data.synthetic field it lacks keeps its default."""
+    train._write_config(str(tmp_path), _stage1_config())
+    path = tmp_path / "config.json"
+    stage1 = json.loads(path.read_text())
+    del stage1["data"]["synthetic"]["num_frames"]
+    stage1["data"]["synthetic"]["obsolete_field"] = 1
+    stage1["diffusion"]["beta_end"] = 0.02
+    path.write_text(json.dumps(stage1))
+    c = config_lib.load(f"configs/demo_video.py:stage1={tmp_path}")
+    demo = config_lib.load("configs/demo.py")
+    assert c.data.synthetic.num_frames == demo.data.synthetic.num_frames and c.data.synthetic.height == 16
+    assert "obsolete_field" not in c.data.synthetic and c.diffusion.beta_end == 0.02
+
+
 def test_without_stage1_uses_demo_architecture():
     c = config_lib.load("configs/demo_video.py")
     demo = config_lib.load("configs/demo.py")
