@@ -44,12 +44,14 @@ def stage1_config(workdir: str) -> dict:
     except (OSError, ValueError) as e:
         raise config_lib.ConfigError(f"configs/demo_video.py: stage1={workdir!r} needs the stage-1 run's config "
                                      f"{path} (written by humandiff.train); could not read it: {e}") from e
-    if stage1.get("task") != "image":
-        raise config_lib.ConfigError(f"{path}: task={stage1.get('task')!r}; stage 2 starts from an image run")
+    if not isinstance(stage1, dict) or stage1.get("task") != "image":
+        task = stage1.get("task") if isinstance(stage1, dict) else None
+        raise config_lib.ConfigError(f"{path}: task={task!r}; stage 2 starts from an image run's config")
     return stage1
 
 
 def _copy_stage1(c: ml_collections.ConfigDict, stage1: dict, path: str) -> None:
+    """Sets the STAGE1_KEYS of `c` from the stage-1 config (read from `path`), replaced or merged as noted above."""
     for key in STAGE1_KEYS:
         node = stage1
         for part in key.split("."):
