@@ -108,7 +108,9 @@ def build_state(config, models, pretrained, mesh, ckpt, data_iter) -> tuple[Any,
         state["params"] = _overlay(state["params"], loaded, source)
         frozen = _overlay(frozen, loaded, source)
     if pretrained or config.model.init_checkpoint:  # EMA and optimizer start from the loaded weights
-        state = dict(state, ema=jax.tree.map(lambda p: p.astype(jnp.float32), state["params"]) if state["ema"] else {})
+        # A copy, never `astype` (a no-op on float32 leaves): params and EMA sharing a buffer breaks donation.
+        ema = jax.tree.map(lambda p: jnp.array(p, dtype=jnp.float32, copy=True), state["params"])
+        state = dict(state, ema=ema if state["ema"] else {})
     restored = ckpt.restore(_abstract(abstract_state, state_sh), data_iter)
     start = 0
     if restored is not None:

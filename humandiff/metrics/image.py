@@ -1,4 +1,4 @@
-"""Per-image metrics: L1, PSNR (DisCo legacy and fixed), SSIM, grayscale conversion.
+"""Per-image metrics: L1, PSNR (DisCo legacy and fixed), SSIM, grayscale conversion; per-video frame difference.
 
 Every function works on numpy arrays (exact float64 arithmetic, used by `humandiff.evaluate`) and on JAX arrays
 (float32, jittable, used by the training evaluator); the namespace follows the input. Inputs are uint8 images
@@ -216,3 +216,21 @@ def _check_pair(pred: Array, gt: Array, min_ndim: int = 3) -> None:
         raise ValueError(f"prediction and ground truth differ in shape: {tuple(pred.shape)} vs {tuple(gt.shape)}")
     if pred.ndim < min_ndim:
         raise ValueError(f"expected images with at least {min_ndim} axes, got shape {tuple(pred.shape)}")
+
+
+def frame_difference(video: Array) -> Array:
+    """Per-video mean absolute difference of consecutive frames, `mean |x[f+1] - x[f]|`, in the input's units.
+
+    A static scene rendered consistently scores 0; flicker between frames raises it.
+
+    Args:
+      video: `[..., F, H, W, C]` frames (uint8 or float), F >= 2.
+
+    Returns:
+      `[...]` one value per video (mean over F - 1 frame pairs, pixels and channels).
+    """
+    if video.ndim < 4 or video.shape[-4] < 2:
+        raise ValueError(f"frame_difference needs [..., F, H, W, C] with F >= 2 frames, got shape {tuple(video.shape)}")
+    x = _float(video)
+    xp = _xp(video)
+    return xp.abs(x[..., 1:, :, :, :] - x[..., :-1, :, :, :]).mean(axis=(-4, -3, -2, -1))

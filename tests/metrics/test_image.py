@@ -121,3 +121,16 @@ def test_training_evaluator_is_jittable_and_matches_numpy():
     assert set(held) == {"l1", "psnr_legacy", "psnr", "ssim", "ssim_rgb"}
     with pytest.raises(TypeError, match="uint8"):
         evaluator.cheap_metrics(x, x)
+
+
+def test_frame_difference_known_videos():
+    static = np.broadcast_to(np.arange(12, dtype=np.float64).reshape(1, 2, 2, 3), (5, 2, 2, 3))
+    flicker = np.zeros((2, 4, 1, 1, 3), np.uint8)  # two videos: 0/255 flicker, then a ramp of +10 per frame
+    flicker[0, 1::2] = 255
+    flicker[1] = (10 * np.arange(4, dtype=np.uint8))[:, None, None, None]
+    np.testing.assert_array_equal(image.frame_difference(static), 0.0)
+    np.testing.assert_allclose(image.frame_difference(flicker), [255.0, 10.0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(jax.jit(image.frame_difference)(jnp.asarray(flicker))), [255.0, 10.0],
+                               rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="F >= 2"):
+        image.frame_difference(np.zeros((1, 4, 4, 3)))
