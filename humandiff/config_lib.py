@@ -39,6 +39,13 @@ SHARDING_MODES = ("logical", "regex")
 LOGICAL_AXES = ("conv_h", "conv_w", "conv_in", "conv_out", "embed", "heads", "mlp", "temb", "norm", "pos")
 DATA_SOURCES = ("synthetic", "tfds")
 TASKS = ("image", "video", "tryon")
+# (key, allowed values) of every enumerated config field, checked in this order by `validate`.
+CHOICES = (("task", TASKS), ("model.interaction", INTERACTIONS), ("model.pose_injection", POSE_INJECTIONS),
+           ("model.attention_impl", ATTENTION_IMPLS), ("diffusion.prediction_type", PREDICTION_TYPES),
+           ("diffusion.beta_schedule", BETA_SCHEDULES), ("train.form", TRAINING_FORMS),
+           ("train.compute_dtype", COMPUTE_DTYPES), ("train.nan_policy", NAN_POLICIES), ("sample.sampler", SAMPLERS),
+           ("optim.schedule", LR_SCHEDULES), ("sample.timestep_spacing", TIMESTEP_SPACINGS),
+           ("data.source", DATA_SOURCES))
 
 
 class ConfigError(ValueError):
@@ -276,19 +283,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     Raises:
         ConfigError: the first bad value found.
     """
-    _one_of(config, "task", TASKS)
-    _one_of(config, "model.interaction", INTERACTIONS)
-    _one_of(config, "model.pose_injection", POSE_INJECTIONS)
-    _one_of(config, "model.attention_impl", ATTENTION_IMPLS)
-    _one_of(config, "diffusion.prediction_type", PREDICTION_TYPES)
-    _one_of(config, "diffusion.beta_schedule", BETA_SCHEDULES)
-    _one_of(config, "train.form", TRAINING_FORMS)
-    _one_of(config, "train.compute_dtype", COMPUTE_DTYPES)
-    _one_of(config, "train.nan_policy", NAN_POLICIES)
-    _one_of(config, "sample.sampler", SAMPLERS)
-    _one_of(config, "optim.schedule", LR_SCHEDULES)
-    _one_of(config, "sample.timestep_spacing", TIMESTEP_SPACINGS)
-    _one_of(config, "data.source", DATA_SOURCES)
+    for key, allowed in CHOICES:
+        _one_of(config, key, allowed)
     for key in ("optim.lr", "total_steps", "batch_size", "data.num_frames", "data.stride",
                 "diffusion.num_train_timesteps", "log_every", "ckpt.every", "ckpt.keep", "sample.num_steps"):
         _positive(config, key)
