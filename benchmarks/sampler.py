@@ -14,9 +14,7 @@ alternated A/B runs after one compile + warm-up each. Writes benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +22,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import results_io  # benchmarks/results_io.py: a script's own folder is on sys.path
 
 from humandiff.diffusion import pipeline, samplers
 from humandiff.diffusion.schedules import ScheduleConfig
@@ -136,18 +135,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     result = run(args)
     backend = jax.default_backend()
-    result["machine"] = {"backend": backend, "device": str(jax.devices()[0]), "cpu": platform.processor() or
-                         platform.machine(), "cores": os.cpu_count(), "load_avg": os.getloadavg(),
-                         "jax": jax.__version__}
+    result["machine"] = results_io.machine()
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"sampler_{backend}.json")
-    existing = {}
-    if os.path.isfile(out):
-        with open(out, encoding="utf-8") as fh:
-            existing = json.load(fh)
-    existing[result["config"]] = result
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as fh:
-        json.dump(existing, fh, indent=2)
+    results_io.merge_into(out, result["config"], result)
     c, j = result["cached"], result["joint"]
     print(f"{result['config']}: cached {c['seconds_per_frame']:.4f} s/frame, joint {j['seconds_per_frame']:.4f} "
           f"s/frame, speedup {result['speedup_cached_vs_joint']:.2f}x (paired median "

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import results_io  # benchmarks/results_io.py: a script's own folder is on sys.path
 
 from humandiff.metrics.image import frame_difference
 from humandiff.training import evals
@@ -116,7 +115,7 @@ def write_png(path: str, arrays: dict) -> None:
     """Rows per video: per-frame sampling, then trained motion modules; F frames left to right (reference first)."""
     from PIL import Image
 
-    to_u8 = lambda x: np.clip((np.asarray(x) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)  # noqa: E731
+    from humandiff.diffusion.media import to_uint8 as to_u8
     rows = []
     for i in range(arrays["ref"].shape[0]):
         for name in ("per_frame", "motion_trained"):
@@ -141,17 +140,9 @@ def main(argv=None) -> int:
     result, arrays = run(args)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     backend = jax.default_backend()
-    result["machine"] = {"backend": backend, "cpu": platform.processor() or platform.machine(),
-                         "cores": os.cpu_count(), "load_avg": os.getloadavg(), "jax": jax.__version__}
+    result["machine"] = results_io.machine()
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"temporal_consistency_{backend}.json")
-    existing = {}
-    if os.path.isfile(out):
-        with open(out, encoding="utf-8") as fh:
-            existing = json.load(fh)
-    existing[f"step_{result['step']}_frames_{args.frames}"] = result
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as fh:
-        json.dump(existing, fh, indent=2)
+    results_io.merge_into(out, f"step_{result['step']}_frames_{args.frames}", result)
     if args.png:
         write_png(args.png, arrays)
     pf, mt, s0 = result["per_frame"], result["motion_trained"], result["motion_step0"]
