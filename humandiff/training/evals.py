@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from humandiff.diffusion import media
 from humandiff.training import optim
 from humandiff.training.modeling import Models
 
@@ -95,10 +96,6 @@ def evaluate(models: Models, config, params: Any, *, num_videos: int, num_frames
     return metrics, {"inputs": inputs, "sample": with_ref, "no_ref": no_ref, "truth": truth}
 
 
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip((np.asarray(x) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-
-
 def write_samples(models: Models, config, state: dict, frozen: Any, step: int, workdir: str, writer) -> dict:
     """Samples held-out identities with the EMA (or current) parameters; writes mp4/png/json and TensorBoard."""
     trained = state["ema"] if state.get("ema") else state["params"]
@@ -109,32 +106,19 @@ def write_samples(models: Models, config, state: dict, frozen: Any, step: int, w
         return metrics
     inputs = arrays["inputs"]
     b, f = arrays["truth"].shape[:2]
-    ref = np.broadcast_to(_to_uint8(inputs["ref_image"])[:, None], arrays["truth"].shape)
+    ref = np.broadcast_to(media.to_uint8(inputs["ref_image"])[:, None], arrays["truth"].shape)
     pose = (np.asarray(inputs["poses"]) * 255).astype(np.uint8)
-    rows = np.concatenate([ref, pose, _to_uint8(arrays["sample"]), _to_uint8(arrays["truth"])], axis=3)
+    rows = np.concatenate([ref, pose, media.to_uint8(arrays["sample"]), media.to_uint8(arrays["truth"])], axis=3)
     frames = np.concatenate(list(rows), axis=1)  # videos stacked vertically: [F, B*H, 4*W, 3]
     out_dir = os.path.join(workdir, "samples")
     os.makedirs(out_dir, exist_ok=True)
     from PIL import Image
     Image.fromarray(np.concatenate(list(frames), axis=1)).save(os.path.join(out_dir, f"step_{step:07d}.png"))
-    _write_video(os.path.join(out_dir, f"step_{step:07d}.mp4"), frames)
+    _, h, w, _ = frames.shape  # H.264 needs even sides
+    media.write_mp4(os.path.join(out_dir, f"step_{step:07d}.mp4"),
+                    np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))), fps=8.0)
     with open(os.path.join(out_dir, f"step_{step:07d}.json"), "w") as fh:
         json.dump(dict(metrics, step=step, num_videos=b, num_frames=f), fh, indent=1)
     writer.image(step, "samples/ref_pose_sample_truth", frames[0])
     writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
     return metrics
-
-
-def _write_video(path: str, frames: np.ndarray, fps: float = 8.0) -> None:
-    """H.264 mp4 via PyAV (even sizes: odd edges are padded)."""
-    import av
-    t, h, w, _ = frames.shape
-    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=int(fps))
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
