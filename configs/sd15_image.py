@@ -45,6 +45,7 @@ def get_config(arg=None):
     c.model.image_encoder_dir = arg.image_encoder  # CLIP image encoder folder (1-token context)
     c.model.pose_encoder = ml_collections.ConfigDict(dict(
         block_out_channels=(16, 32, 96, 256),  # conv widths per stage; 3 stride-2 stages = the VAE's 8x
+        coord_channels=False,  # SD-1.5's deep UNet infers position itself (and ControlNet weights read 3 channels)
     ))
 
     c.train.compute_dtype = "bfloat16"  # bf16 activations, fp32 master weights

@@ -310,6 +310,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("data.resolution", res, "expected positive (height, width)")
     if config.task == "tryon" and config.data.source != "tfds":
         _fail("data.source", config.data.source, "the try-on stage reads a built VITON-HD dataset (tfds)")
+    coords = config.model.pose_encoder.get("coord_channels", False)
+    if not isinstance(coords, bool):
+        _fail("model.pose_encoder.coord_channels", coords, "must be True or False")
     travel = config.data.synthetic.travel
     if config.data.source == "synthetic" and not 0.0 <= travel <= 0.5:
         _fail("data.synthetic.travel", travel, "must be in [0, 0.5] (a fraction of the frame width)")
@@ -345,7 +348,7 @@ def shrink_for_local(config: ml_collections.ConfigDict) -> ml_collections.Config
         sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16,), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
         cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8))
-    c.model.pose_encoder = ml_collections.ConfigDict(dict(block_out_channels=(16,)))
+    c.model.pose_encoder = ml_collections.ConfigDict(dict(block_out_channels=(16,), coord_channels=False))
     c.model.unet_dir = c.model.vae_dir = c.model.image_encoder_dir = c.model.motion_modules_path = ""
     c.model.init_checkpoint = ""
     c.optim.trainable, c.optim.frozen = (".*",), ()

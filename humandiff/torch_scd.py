@@ -204,11 +204,14 @@ class PoseEncoder(nn.Module):
     """torch twin of `humandiff.models.pose_encoder.PoseEncoder` (same parameter names: `conv_in`, `blocks.i`,
     `conv_out`); input `[N, 3, H, W]` pose images in [0, 1]."""
 
-    def __init__(self, out_channels: int = 320, block_out_channels: Sequence[int] = (16, 32, 96, 256)):
+    def __init__(self, out_channels: int = 320, block_out_channels: Sequence[int] = (16, 32, 96, 256),
+                 coord_channels: bool = False):
         super().__init__()
         chans = tuple(int(c) for c in block_out_channels)
-        self.config = {"out_channels": int(out_channels), "block_out_channels": list(chans)}
-        self.conv_in = nn.Conv2d(3, chans[0], 3, padding=1)
+        self.config = {"out_channels": int(out_channels), "block_out_channels": list(chans),
+                       "coord_channels": bool(coord_channels)}
+        self.coord_channels = bool(coord_channels)
+        self.conv_in = nn.Conv2d(5 if coord_channels else 3, chans[0], 3, padding=1)
         blocks = []
         for i in range(len(chans) - 1):
             blocks.append(nn.Conv2d(chans[i], chans[i], 3, padding=1))
@@ -218,6 +221,12 @@ class PoseEncoder(nn.Module):
 
     def forward(self, pose: torch.Tensor) -> torch.Tensor:
         """`[N, 3, H, W]` -> `[N, out_channels, H / 2**(stages-1), W / 2**(stages-1)]`."""
+        if self.coord_channels:  # (row, column) in [-1, 1], as the Flax encoder's coordinate_grid
+            n, _, h, w = pose.shape
+            rows = torch.linspace(-1.0, 1.0, h, dtype=pose.dtype, device=pose.device)
+            cols = torch.linspace(-1.0, 1.0, w, dtype=pose.dtype, device=pose.device)
+            grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=0)
+            pose = torch.cat([pose, grid.expand(n, 2, h, w)], dim=1)
         x = F.silu(self.conv_in(pose))
         for block in self.blocks:
             x = F.silu(block(x))
@@ -230,7 +239,7 @@ class PoseEncoder(nn.Module):
 
         with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
             config = json.load(f)
-        model = cls(config["out_channels"], config["block_out_channels"])
+        model = cls(config["out_channels"], config["block_out_channels"], config.get("coord_channels", False))
         state = load_file(os.path.join(folder, "diffusion_pytorch_model.safetensors"))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:

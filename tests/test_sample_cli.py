@@ -151,6 +151,16 @@ def test_checkpoint_pose_encoder_errors(checkpoint, tmp_path):
     save_file(pose_encoder_to_torch(_random_params(PoseEncoder(7, (8,)), 2, jnp.zeros((1, 8, 8, 3)))), str(wrong))
     with pytest.raises(ValueError, match="outputs 7 channels"):
         loading.load_checkpoint(checkpoint, pose_encoder=str(wrong))
+    coords = tmp_path / "pose_coords.safetensors"  # a 5-channel conv_in: the encoder reads coordinate channels
+    save_file(pose_encoder_to_torch(_random_params(PoseEncoder(7, (8,), coord_channels=True), 2,
+                                                   jnp.zeros((1, 8, 8, 3)))), str(coords))
+    assert loading.load_pose_encoder(str(coords))[0].coord_channels
+    assert not loading.load_pose_encoder(str(wrong))[0].coord_channels
+    four = dict(pose_encoder_to_torch(_random_params(PoseEncoder(7, (8,)), 2, jnp.zeros((1, 8, 8, 3)))))
+    four["conv_in.weight"] = np.zeros((8, 4, 3, 3), np.float32)
+    save_file(four, str(tmp_path / "pose4.safetensors"))
+    with pytest.raises(io.WeightsError, match="conv_in.weight reads 4 channels"):
+        loading.load_pose_encoder(str(tmp_path / "pose4.safetensors"))
     save_file({"foo.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "junk.safetensors"))
     with pytest.raises(io.WeightsError, match="not a pose encoder"):
         loading.load_pose_encoder(str(tmp_path / "junk.safetensors"))

@@ -102,7 +102,12 @@ def load_pose_encoder(path: str, *, allow_pickle: bool = False) -> tuple[Any, di
     blocks = sorted(int(m.group(1)) for k in state if (m := re.fullmatch(r"blocks\.(\d+)\.weight", k)))
     chans = [int(state["conv_in.weight"].shape[0])]
     chans += [int(state[f"blocks.{i}.weight"].shape[0]) for i in blocks if i % 2 == 1]
-    module = PoseEncoder(out_channels=int(state["conv_out.weight"].shape[0]), block_out_channels=tuple(chans))
+    in_channels = int(state["conv_in.weight"].shape[1])  # 3: pose image; 5: plus (row, column) coordinates
+    if in_channels not in (3, 5):
+        raise io.WeightsError(f"{path}: {prefix}conv_in.weight reads {in_channels} channels; expected 3 (pose image) "
+                              "or 5 (pose image + coordinate channels)")
+    module = PoseEncoder(out_channels=int(state["conv_out.weight"].shape[0]), block_out_channels=tuple(chans),
+                         coord_channels=in_channels == 5)
     params = params_from_state_dict(state, pose_encoder_shapes(module), path)
     return module, params
 

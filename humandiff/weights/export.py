@@ -251,6 +251,7 @@ def write_pose_encoder(folder: str, pose_encoder: Any, params: Mapping, dtype: s
     _write_json(os.path.join(folder, "config.json"), {
         "_class_name": "PoseEncoder", "out_channels": int(pose_encoder.out_channels),
         "block_out_channels": [int(c) for c in pose_encoder.block_out_channels], "pose_injection": pose_injection,
+        "coord_channels": bool(pose_encoder.coord_channels),
         "downsample_factor": int(pose_encoder.downsample_factor)})
     _save(os.path.join(folder, WEIGHTS_NAME), pose_encoder_to_torch(params), dtype)
 

@@ -2,9 +2,9 @@
 
 The checkpoint is what `python -m humandiff.train` leaves (`<workdir>/checkpoints/<step>/state` with params, EMA,
 optimizer state and step, written by `humandiff.training.checkpoint.Checkpointer`) for a two-level pixel-space
-UNet (the tiny test config, widened to two levels so down/up-sampling and both block kinds are exercised). Every
-parameter is random and non-zero (zero-initialised convs included), and the EMA differs from the raw weights, so
-that parity tests see every weight and `--ema` is observable.
+UNet (the tiny test config, widened to two levels so down/up-sampling and both block kinds are exercised, with the
+demo's coordinate channels in the pose encoder). Every parameter is random and non-zero (zero-initialised convs
+included), and the EMA differs from the raw weights, so that parity tests see every weight and `--ema` is observable.
 """
 
 import json
@@ -33,6 +33,7 @@ UNET_OVERRIDES = {
     "model.unet.block_out_channels": (16, 32),
     "model.unet.down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
     "model.unet.up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+    "model.pose_encoder.coord_channels": True,  # the demo's pose encoder: export and parity cover the 5-channel input
 }
 STEP = 8
 

@@ -1,4 +1,5 @@
-"""UNet options: config validation errors, remat (same gradients), bf16 compute (params stay fp32)."""
+"""UNet options: config validation errors, remat (same gradients), bf16 compute (params stay fp32), pose injection,
+the pose encoder's coordinate channels."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,7 @@ import pytest
 
 from humandiff.models import scd
 from humandiff.models.init import numpy_init
+from humandiff.models.pose_encoder import PoseEncoder, coordinate_grid
 from humandiff.models.unet import UNet2DConditionModel
 
 TINY = dict(block_out_channels=(16,), layers_per_block=1, down_block_types=("CrossAttnDownBlock2D",),
@@ -80,3 +82,20 @@ def test_full_sd15_scd_passes_trace_at_512px():
     read = lambda p, k, a, b: scd.target_pass(unet, p, k, a, 10.0, b, num_frames=2)  # noqa: E731
     out = jax.eval_shape(read, params, cache, z2, c2)
     assert out.shape == (2, 64, 64, 4)
+
+
+def test_pose_encoder_coordinate_channels_give_position():
+    """On a blank pose image, features far from the border are the same everywhere without coordinates (a conv
+    stack cannot tell interior pixels apart) and differ with them; the grid runs -1 -> 1 over rows and columns."""
+    blank = jnp.zeros((1, 12, 12, 3))
+    grid = np.asarray(coordinate_grid(1, 12, 12))
+    assert grid.shape == (1, 12, 12, 2) and grid[0, 0, 0].tolist() == [-1, -1] and grid[0, -1, -1].tolist() == [1, 1]
+    assert np.all(np.diff(grid[0, :, 0, 0]) > 0) and np.all(grid[0, 0, :, 0] == -1)  # channel 0: the row
+    interior = {}
+    for coords in (False, True):
+        enc = PoseEncoder(out_channels=4, block_out_channels=(8,), coord_channels=coords)
+        params = numpy_init(enc, blank)
+        assert params["conv_in"]["kernel"].shape == (3, 3, 5 if coords else 3, 8)
+        feats = np.asarray(enc.apply({"params": params}, blank))[0, 3:9, 3:9]
+        interior[coords] = np.abs(feats - feats[:1, :1]).max()
+    assert interior[False] < 1e-6 < 1e-2 < interior[True]

@@ -54,6 +54,8 @@ BAD = [
     ("sample.sampler", "plms", "sample.sampler='plms'"),
     ("optim.schedule", "linear", "optim.schedule='linear'"),
     ("data.synthetic.travel", 0.7, "data.synthetic.travel=0.7"),
+    ("model.pose_encoder", {"block_out_channels": (16,), "coord_channels": "yes"},
+     "model.pose_encoder.coord_channels='yes'"),
     ("optim.lr", -1e-4, "optim.lr=-0.0001"),
     ("train.form", "three_pass", "train.form='three_pass'"),
     ("train.nan_policy", "ignore", "train.nan_policy='ignore'"),
