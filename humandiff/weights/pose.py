@@ -45,6 +45,9 @@ def load_pose_encoder_from_controlnet(path: str, *, out_channels: int = 320, kee
     Returns:
       `(module, params)`.
     """
+    if fields.get("coord_channels"):
+        raise ValueError(f"{path}: a ControlNet's conditioning embedding reads the 3 pose channels, but "
+                         "coord_channels=True makes the pose encoder read 5: load with coord_channels=False")
     block_out_channels = (16, 32, 96, 256)
     config_path = os.path.join(path, "config.json") if os.path.isdir(path) else None
     if config_path and os.path.isfile(config_path):

@@ -152,6 +152,8 @@ def test_pose_encoder_from_controlnet_matches_torch_embedding(tmp_path):
     # Default: conv_out stays zero (AnimateAnyone recipe), so the encoder starts as a no-op.
     module, params = load_pose_encoder_from_controlnet(str(tmp_path / "cn"), out_channels=4)
     assert not np.any(np.asarray(module.apply({"params": params}, jnp.asarray(x.transpose(0, 2, 3, 1)))))
+    with pytest.raises(ValueError, match="reads the 3 pose channels.*coord_channels=False"):
+        load_pose_encoder_from_controlnet(str(tmp_path / "cn"), out_channels=4, coord_channels=True)
 
 
 def test_save_unet_reloads_in_diffusers_with_same_outputs(tiny, tmp_path):
