@@ -313,9 +313,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     coords = config.model.pose_encoder.get("coord_channels", False)
     if not isinstance(coords, bool):
         _fail("model.pose_encoder.coord_channels", coords, "must be True or False")
-    travel = config.data.synthetic.travel
-    if config.data.source == "synthetic" and not 0.0 <= travel <= 0.5:
-        _fail("data.synthetic.travel", travel, "must be in [0, 0.5] (a fraction of the frame width)")
+    if config.data.source == "synthetic":
+        from humandiff.data.synthetic import MAX_TRAVEL  # noqa: PLC0415
+        travel = config.data.synthetic.travel
+        if not 0.0 <= travel <= MAX_TRAVEL:
+            _fail("data.synthetic.travel", travel, f"must be in [0, {MAX_TRAVEL}] (a fraction of the frame width)")
     if config.data.source == "tfds" and not config.data.data_dir:
         _fail("data.data_dir", config.data.data_dir, "data.source='tfds' needs the folder data_pipelines.build wrote")
     if config.data.source == "tfds":

@@ -164,6 +164,15 @@ def render_frame(st: _Style, kp: np.ndarray, fx: np.ndarray, ex: Dict[str, Any],
     return canvas
 
 
+MAX_TRAVEL = 0.5  # a figure wanders at most half the frame width sideways
+
+
+def check_travel(travel: float, where: str) -> None:
+    """Raises ValueError naming `where` unless 0 <= travel <= MAX_TRAVEL."""
+    if not 0.0 <= travel <= MAX_TRAVEL:
+        raise ValueError(f"{where}: travel must be in [0, {MAX_TRAVEL}] (a fraction of the width), got {travel}")
+
+
 def make_video(seed: int, num_frames: int, height: int, width: int, *, identity: Optional[int] = None,
                video_id: Optional[str] = None, travel: float = 0.1) -> Dict[str, Any]:
     """Generates one synthetic video.
@@ -181,8 +190,7 @@ def make_video(seed: int, num_frames: int, height: int, width: int, *, identity:
       ``{"video_id": str, "frames": uint8 [T, H, W, 3], "keypoints": float32 [T, 133, 3], "fps": float}``.
       Keypoints are in pixels of the frame; score 1 for points inside the frame, 0 outside.
     """
-    if not 0.0 <= travel <= 0.5:
-        raise ValueError(f"make_video: travel must be in [0, 0.5] (a fraction of the width), got {travel}")
+    check_travel(travel, "make_video")
     if num_frames < 1 or height < 16 or width < 16:
         raise ValueError(f"make_video: need num_frames >= 1 and a frame of at least 16x16, "
                          f"got num_frames={num_frames}, {height}x{width}")
@@ -217,8 +225,7 @@ class SyntheticSource:
         if num_identities is not None and num_identities < 1:
             raise ValueError(f"SyntheticSource: num_identities must be >= 1, got {num_identities}")
         self.num_videos, self.num_frames, self.height, self.width = num_videos, num_frames, height, width
-        if not 0.0 <= travel <= 0.5:
-            raise ValueError(f"SyntheticSource: travel must be in [0, 0.5] (a fraction of the width), got {travel}")
+        check_travel(travel, "SyntheticSource")
         self.seed, self.split, self.num_identities, self.travel = int(seed), split, num_identities, float(travel)
 
     def __len__(self) -> int:
