@@ -76,12 +76,8 @@ def _load_init_checkpoint(workdir: str) -> dict:
     return restored["ema"] if restored.get("ema") else restored["params"]
 
 
-def build_state(config, models, pretrained, mesh, ckpt, data_iter) -> tuple[Any, Any, Any, Any, int]:
-    """Initialises (or restores) the sharded train state and the frozen parameters.
-
-    Returns:
-      `(state, frozen, state_shardings, frozen_shardings, start_step)`.
-    """
+def _state_init(config, models) -> Any:
+    """`rng -> (train state, frozen params)`: random init split by the trainable/frozen regexes."""
     key = jax.random.key(config.seed)
     abstract_params = jax.eval_shape(functools.partial(modeling.init_params, models, config), key)
     mask = optim.trainable_mask(abstract_params, tuple(config.optim.trainable), tuple(config.optim.frozen))
@@ -91,11 +87,33 @@ def build_state(config, models, pretrained, mesh, ckpt, data_iter) -> tuple[Any,
         trainable, frozen = optim.split(modeling.init_params(models, config, rng), mask)
         return train_step.init_state(trainable, tx, config.optim.ema_decay), frozen
 
-    abstract_state, abstract_frozen = jax.eval_shape(init, key)
-    state_sh = sharding.config_shardings(config, abstract_state, mesh)
-    frozen_sh = sharding.config_shardings(config, abstract_frozen, mesh)
+    return init
+
+
+def abstract_state(config, models, mesh, init: Any = None) -> tuple[Any, Any, Any, Any]:
+    """Shapes and shardings of the train state and frozen parameters, allocating nothing.
+
+    Returns:
+      `(state, frozen, state_shardings, frozen_shardings)`; the first two are `ShapeDtypeStruct` trees that
+      `compile_step` accepts, so a step can be compiled before the state exists (lower peak host memory).
+    """
+    state, frozen = jax.eval_shape(init or _state_init(config, models), jax.random.key(config.seed))
+    state_sh = sharding.config_shardings(config, state, mesh)
+    frozen_sh = sharding.config_shardings(config, frozen, mesh)
+    return _abstract(state, state_sh), _abstract(frozen, frozen_sh), state_sh, frozen_sh
+
+
+def build_state(config, models, pretrained, mesh, ckpt, data_iter) -> tuple[Any, Any, Any, Any, int]:
+    """Initialises (or restores) the sharded train state and the frozen parameters.
+
+    Returns:
+      `(state, frozen, state_shardings, frozen_shardings, start_step)`.
+    """
+    key = jax.random.key(config.seed)
+    init = _state_init(config, models)
+    state_shapes, frozen_shapes, state_sh, frozen_sh = abstract_state(config, models, mesh, init)
     if jax.process_index() == 0:
-        both = {"params": abstract_state["params"], "frozen": abstract_frozen}
+        both = {"params": state_shapes["params"], "frozen": frozen_shapes}
         for line in sharding.summary(config, both, {"params": state_sh["params"], "frozen": frozen_sh}):
             logging.info("%s", line)
     state, frozen = jax.jit(init, out_shardings=(state_sh, frozen_sh))(key)
@@ -111,11 +129,11 @@ def build_state(config, models, pretrained, mesh, ckpt, data_iter) -> tuple[Any,
         # A copy, never `astype` (a no-op on float32 leaves): params and EMA sharing a buffer breaks donation.
         ema = jax.tree.map(lambda p: jnp.array(p, dtype=jnp.float32, copy=True), state["params"])
         state = dict(state, ema=ema if state["ema"] else {})
-    restored = ckpt.restore(_abstract(abstract_state, state_sh), data_iter)
+    restored = ckpt.restore(state_shapes, data_iter)
     start = 0
     if restored is not None:
         state, start = restored
-        saved_frozen = ckpt.restore_frozen(_abstract(abstract_frozen, frozen_sh))
+        saved_frozen = ckpt.restore_frozen(frozen_shapes)
         if saved_frozen is not None:
             frozen = saved_frozen
         logging.info("resumed from %s at step %d", ckpt.directory, start)
@@ -126,7 +144,10 @@ def build_state(config, models, pretrained, mesh, ckpt, data_iter) -> tuple[Any,
 
 
 def compile_step(config, models, mesh, state, frozen, state_sh, frozen_sh, example_batch) -> Any:
-    """`jax.jit(step, in_shardings, out_shardings, donate_argnums=0)` lowered and compiled ahead of time."""
+    """`jax.jit(step, in_shardings, out_shardings, donate_argnums=0)` lowered and compiled ahead of time.
+
+    `state` and `frozen` may be arrays or `ShapeDtypeStruct` trees (`abstract_state`); only shapes are read.
+    """
     tx = optim.make_optimizer(config)
     fn = train_step.make_train_step(models, config, tx, train_step.make_schedule(config))
     batch_abstract = train_input.abstract_batch(example_batch, mesh)

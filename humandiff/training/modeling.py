@@ -35,8 +35,14 @@ class Models:
         return self is other
 
 
-def build(config) -> tuple[Models, dict[str, Any]]:
+def build(config, *, vae: nn.Module | None = None,
+          image_encoder: nn.Module | None = None) -> tuple[Models, dict[str, Any]]:
     """Builds the modules from `config.model` and loads weights from local folders when configured.
+
+    Args:
+      config: the run config.
+      vae, image_encoder: modules to use instead of `model.vae_dir` / `model.image_encoder_dir`, initialised
+        randomly like the rest (`benchmarks/train_step.py` times SD-1.5 without weight folders this way).
 
     Returns:
       `(models, pretrained)`: `pretrained` maps top-level names ("unet", "vae", "image_encoder") to host parameter
@@ -55,13 +61,13 @@ def build(config) -> tuple[Models, dict[str, Any]]:
         unet, pretrained["unet"] = load_unet(m.unet_dir, motion_adapter=m.motion_modules_path or None, **scd)
     else:
         unet = UNet2DConditionModel(**_plain(m.unet), **scd)
-    vae = image_encoder = None
     scaling, downscale = 1.0, 1
-    if m.vae_dir:
+    if vae is None and m.vae_dir:
         from humandiff.weights.diffusers import load_vae
         vae, pretrained["vae"] = load_vae(m.vae_dir)
+    if vae is not None:
         scaling, downscale = float(vae.scaling_factor), 2 ** (len(vae.block_out_channels) - 1)
-    if m.image_encoder_dir:
+    if image_encoder is None and m.image_encoder_dir:
         from humandiff.weights.clip import load_image_encoder
         image_encoder, pretrained["image_encoder"] = load_image_encoder(m.image_encoder_dir, dtype=dtype,
                                                                         attention_impl=m.attention_impl)

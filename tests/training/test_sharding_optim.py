@@ -145,3 +145,41 @@ def test_real_unet_params_sharded_by_rules():
             assert "fsdp" in desc, (path, desc)  # every large kernel with a divisible dim is sharded
         if n < 200 or not path.endswith(("kernel", "embedding")):
             assert "fsdp" not in desc, (path, desc)  # biases / norms replicated
+
+
+def test_build_takes_encoder_modules_in_place_of_folders():
+    """`modeling.build(vae=...)` (the SD-1.5 train-step benchmark's path): latent space, random VAE weights."""
+    from humandiff.models.vae import AutoencoderKL
+    from humandiff.training import modeling
+
+    config = config_lib.load("configs/tiny_test.py")
+    config.model.pose_encoder.block_out_channels = (8, 16)  # one stride-2 stage: the VAE below downsamples 2x
+    vae = AutoencoderKL(block_out_channels=(8, 8), layers_per_block=1, latent_channels=3, norm_num_groups=4,
+                        scaling_factor=0.5)
+    models, pretrained = modeling.build(config, vae=vae)
+    assert models.vae is vae and pretrained == {}
+    assert (models.downscale, models.scaling_factor) == (2, 0.5)
+    abstract = jax.eval_shape(lambda k: modeling.init_params(models, config, k), jax.random.key(0))
+    assert abstract["vae"]["encoder"]["conv_in"]["kernel"].shape == (3, 3, 3, 8)
+    config.model.pose_encoder.block_out_channels = (8,)
+    with pytest.raises(ValueError, match="downsamples 1x but latents are 2x smaller"):
+        modeling.build(config, vae=vae)
+
+
+def test_abstract_state_is_the_built_state(tmp_path):
+    """The shapes a step can be compiled from before allocation equal the state `build_state` then makes."""
+    from humandiff import train
+    from humandiff.training import checkpoint, input as train_input, modeling
+
+    config = config_lib.load("configs/tiny_test.py")
+    config.mesh.shape = (1, -1, 1)
+    config.sharding.min_size = 200
+    mesh = sharding.make_mesh(config)
+    models, _ = modeling.build(config)
+    state_shapes, frozen_shapes, state_sh, frozen_sh = train.abstract_state(config, models, mesh)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), 10 ** 6, 1, async_save=False)
+    state, frozen, *_ = train.build_state(config, models, {}, mesh, ckpt, train_input.train_iterator(config))
+    ckpt.close()
+    describe = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), t)  # noqa: E731
+    assert describe(state_shapes) == describe(state) and describe(frozen_shapes) == describe(frozen)
+    assert any("fsdp" in str(s.spec) for s in jax.tree.leaves(state_sh))  # the mesh really shards something
