@@ -112,7 +112,14 @@ def ema_update(ema: Any, params: Any, decay: float) -> Any:
     return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p.astype(e.dtype)).astype(e.dtype), ema, params)
 
 
-def all_finite(tree: Any) -> jax.Array:
-    """Scalar bool: every element of every leaf is finite."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+def norm_and_finite(tree: Any) -> tuple[jax.Array, jax.Array]:
+    """`(norm, finite)`: the global L2 norm of `tree` and whether it is finite.
+
+    The norm is finite exactly when every element is finite and the sum of squares does not overflow (a norm past
+    ~1.8e19 in float32, which is no usable gradient either). One scalar is what gates the update: a flag stacked from
+    a per-leaf `isfinite` reduction gets fused by XLA:CPU into every select it gates, so the compiled step grows with
+    the square of the leaf count (SD-1.5's 686 leaves: past 6 GB of compile memory at a 64x64 input, where this
+    compiles in 30 s and 1.7 GB).
+    """
+    norm = optax.tree.norm(tree)
+    return norm, jnp.isfinite(norm)

@@ -167,7 +167,8 @@ def make_train_step(models: Models, config, tx: optax.GradientTransformation,
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         ema = optim.ema_update(state["ema"], params, ema_decay) if ema_decay > 0 else state["ema"]
-        finite = jnp.isfinite(loss) & optim.all_finite(grads)
+        grad_norm, grads_finite = optim.norm_and_finite(grads)
+        finite = jnp.isfinite(loss) & grads_finite
         keep_new = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
         new_state = {
             "step": state["step"] + 1,
@@ -175,7 +176,7 @@ def make_train_step(models: Models, config, tx: optax.GradientTransformation,
             "ema": keep_new(ema, state["ema"]),
             "opt_state": keep_new(opt_state, state["opt_state"]),
         }
-        metrics = {"loss": loss, "mse": aux["mse"], "grad_norm": optax.tree.norm(grads),
+        metrics = {"loss": loss, "mse": aux["mse"], "grad_norm": grad_norm,
                    "lr": lr_fn(state["step"]), "finite": finite.astype(jnp.float32)}
         return new_state, metrics
 
