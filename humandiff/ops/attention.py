@@ -60,10 +60,10 @@ def resolve_impl(impl: str, n_keys: int, config: AttentionConfig | None = None, 
 def _full(q, k, v, impl, config):
     """Unmasked attention (no reference, or only reference tokens)."""
     if impl == "cudnn":
-        return cudnn.full_or_xla(q, k, v)
+        return cudnn.full_or_xla(q, k, v, config.xla_query_chunk)
     if impl in ("splash", "interpret"):
         return splash.attend(q, k, v, n_ref_keys=0, ref_keep=None, config=config, interpret=impl == "interpret")
-    return xla.dpa(q, k, v)
+    return xla.dpa(q, k, v, chunk=config.xla_query_chunk)
 
 
 def attention(
@@ -101,11 +101,12 @@ def attention(
         return _full(q, k, v, impl, config)
     causal = interaction == "causal"
     if impl == "cudnn":
-        return cudnn.joint_or_xla(q, k, v, n_ref=n_ref, causal=causal, ref_keep=ref_keep)
+        return cudnn.joint_or_xla(q, k, v, n_ref=n_ref, causal=causal, ref_keep=ref_keep,
+                                  chunk=config.xla_query_chunk)
     if impl in ("splash", "interpret"):
         return splash.joint(q, k, v, n_ref=n_ref, causal=causal, ref_keep=ref_keep, config=config,
                             interpret=impl == "interpret")
-    return xla.joint(q, k, v, n_ref=n_ref, causal=causal, ref_keep=ref_keep)
+    return xla.joint(q, k, v, n_ref=n_ref, causal=causal, ref_keep=ref_keep, chunk=config.xla_query_chunk)
 
 
 def attention_cached(
@@ -144,7 +145,7 @@ def attention_cached(
     if lr == 0:
         return _full(q, k, v, impl, config)
     if impl == "cudnn":
-        return cudnn.cached_or_xla(q, k, v, k_ref, v_ref, ref_keep=ref_keep)
+        return cudnn.cached_or_xla(q, k, v, k_ref, v_ref, ref_keep=ref_keep, chunk=config.xla_query_chunk)
     if impl in ("splash", "interpret"):
         return splash.cached(q, k, v, k_ref, v_ref, ref_keep=ref_keep, config=config, interpret=impl == "interpret")
-    return xla.cached(q, k, v, k_ref, v_ref, ref_keep=ref_keep)
+    return xla.cached(q, k, v, k_ref, v_ref, ref_keep=ref_keep, chunk=config.xla_query_chunk)

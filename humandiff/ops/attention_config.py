@@ -37,6 +37,9 @@ class AttentionConfig:
       shard_head_axis: mesh axis the heads are sharded over (e.g. "tensor"), or None.
       mesh: the mesh for that shard_map; None uses the context mesh (`jax.set_mesh`), and with neither (or no
         shard axes) splash runs unsharded.
+      xla_query_chunk: the XLA path (and cuDNN's fallback to it) runs layers with more queries than this in chunks
+        of this many queries, one after another, each rematerialised in the backward pass: scores held at once are
+        `chunk x keys` per head (see `attention_xla`). 0 = all queries at once.
     """
 
     min_seq_len_tpu: int = 4096
@@ -57,13 +60,14 @@ class AttentionConfig:
     shard_batch_axes: tuple[str, ...] = ()
     shard_head_axis: str | None = None
     mesh: Mesh | None = None
+    xla_query_chunk: int = 1024
 
     def __post_init__(self):
         if self.splash_variant not in SPLASH_VARIANTS:
             raise ValueError(
                 f"AttentionConfig.splash_variant={self.splash_variant!r}; expected one of {SPLASH_VARIANTS}"
             )
-        for name in ("min_seq_len_tpu", "min_seq_len_gpu", "head_multiple"):
+        for name in ("min_seq_len_tpu", "min_seq_len_gpu", "head_multiple", "xla_query_chunk"):
             if getattr(self, name) < 0:
                 raise ValueError(f"AttentionConfig.{name}={getattr(self, name)} must be >= 0")
         for name, value in self.blocks().items():

@@ -104,28 +104,29 @@ def _with_fallback(name: str, run, fallback, q: jax.Array, call: tuple) -> jax.A
     return fallback()
 
 
-def joint_or_xla(q, k, v, *, n_ref: int, causal: bool, ref_keep) -> jax.Array:
+def joint_or_xla(q, k, v, *, n_ref: int, causal: bool, ref_keep, chunk: int = 0) -> jax.Array:
     """`joint` on cuDNN, or the XLA path with a logged reason when cuDNN cannot run."""
     return _with_fallback(
         "joint",
         lambda: joint(q, k, v, n_ref=n_ref, causal=causal, ref_keep=ref_keep),
-        lambda: xla.joint(q, k, v, n_ref=n_ref, causal=causal, ref_keep=ref_keep),
+        lambda: xla.joint(q, k, v, n_ref=n_ref, causal=causal, ref_keep=ref_keep, chunk=chunk),
         q, (tuple(q.shape), str(q.dtype), n_ref, causal),
     )
 
 
-def full_or_xla(q, k, v) -> jax.Array:
+def full_or_xla(q, k, v, chunk: int = 0) -> jax.Array:
     """Unmasked attention on cuDNN, or XLA with a logged reason."""
     return _with_fallback(
-        "full", lambda: _dpa(q, k, v, None, "cudnn"), lambda: xla.dpa(q, k, v), q, (tuple(q.shape), str(q.dtype))
+        "full", lambda: _dpa(q, k, v, None, "cudnn"), lambda: xla.dpa(q, k, v, chunk=chunk), q,
+        (tuple(q.shape), str(q.dtype)),
     )
 
 
-def cached_or_xla(q, k, v, k_ref, v_ref, *, ref_keep) -> jax.Array:
+def cached_or_xla(q, k, v, k_ref, v_ref, *, ref_keep, chunk: int = 0) -> jax.Array:
     """`cached` on cuDNN, or the XLA path with a logged reason."""
     return _with_fallback(
         "cached",
         lambda: cached(q, k, v, k_ref, v_ref, ref_keep=ref_keep),
-        lambda: xla.cached(q, k, v, k_ref, v_ref, ref_keep=ref_keep),
+        lambda: xla.cached(q, k, v, k_ref, v_ref, ref_keep=ref_keep, chunk=chunk),
         q, (tuple(q.shape), tuple(k_ref.shape), str(q.dtype)),
     )
