@@ -52,6 +52,7 @@ def get_config(arg=None):
     c.model.use_ref_pose = arg.use_ref_pose  # add pose features of the reference pose to the reference pass
     c.model.pose_injection = "conv_in"  # conv_in (added after conv_in) | input (added to the noisy input)
     c.model.attention_impl = "auto"  # attention kernel: auto | xla | cudnn | splash | interpret
+    c.model.attention_query_chunk = 1024  # XLA attention: queries per chunk in layers with more (0 = all at once)
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.num_train_timesteps = 1000  # discrete training timesteps

@@ -310,6 +310,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("data.resolution", res, "expected positive (height, width)")
     if config.task == "tryon" and config.data.source != "tfds":
         _fail("data.source", config.data.source, "the try-on stage reads a built VITON-HD dataset (tfds)")
+    chunk = config.model.get("attention_query_chunk", 0)
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
+        _fail("model.attention_query_chunk", chunk, "must be an integer >= 0 (0 = all queries at once)")
     coords = config.model.pose_encoder.get("coord_channels", False)
     if not isinstance(coords, bool):
         _fail("model.pose_encoder.coord_channels", coords, "must be True or False")

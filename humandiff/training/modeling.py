@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from humandiff.ops.attention_config import DEFAULT_CONFIG, AttentionConfig
+
 
 @dataclasses.dataclass(frozen=True)
 class Models:
@@ -53,8 +55,9 @@ def build(config, *, vae: nn.Module | None = None,
 
     m = config.model
     dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else jnp.float32
-    scd = dict(attention_impl=m.attention_impl, interaction=m.interaction, pose_injection=m.pose_injection,
-               dtype=dtype, remat=config.train.remat, **dict(m.unet_extra))
+    attention_config = AttentionConfig(xla_query_chunk=m.get("attention_query_chunk", DEFAULT_CONFIG.xla_query_chunk))
+    scd = dict(attention_impl=m.attention_impl, attention_config=attention_config, interaction=m.interaction,
+               pose_injection=m.pose_injection, dtype=dtype, remat=config.train.remat, **dict(m.unet_extra))
     pretrained: dict[str, Any] = {}
     if m.unet_dir:
         from humandiff.weights.diffusers import load_unet
