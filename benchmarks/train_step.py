@@ -3,18 +3,20 @@ r"""Train-step throughput, FLOPs, MFU and memory; two-pass vs joint training for
     PYTHONPATH=. python benchmarks/train_step.py --config configs/tiny_test.py --steps 10 \
         --out benchmarks/results/train_step_cpu.json
 
-SD-1.5 at 512x512, batch 1, without weight folders (random SD-1.5 UNet, VAE and CLIP ViT-L/14; one form at a time
-and no EMA, to keep host memory down; XLA:CPU's compile of this step alone outgrew a 24 GiB host, see
-docs/training.md#benchmark):
+SD-1.5 at 512x512, batch 1, without weight folders (random SD-1.5 UNet, VAE and CLIP ViT-L/14). --compile_only
+reports FLOPs and XLA's memory analysis (`step_bytes`: what the step needs) without allocating anything; this step
+needs 28 GB, so on a 24 GiB host it is compiled, not timed (docs/training.md#benchmark):
 
-    PYTHONPATH=. python benchmarks/train_step.py --config configs/sd15_image.py --random_encoders --sequential \
-        --steps 2 --compute_dtype bfloat16 --set batch_size=1 --set "data.resolution=(512,512)" \
-        --set optim.ema_decay=0.0 --set data.source=synthetic --set data.synthetic.height=512 \
-        --set data.synthetic.width=512 --set data.prefetch=2 --set data.num_threads=1 \
-        --out benchmarks/results/train_step_sd15_cpu.json
+    PYTHONPATH=. python benchmarks/train_step.py --config configs/sd15_image.py --random_encoders --compile_only \
+        --compute_dtype bfloat16 --set batch_size=1 --set "data.resolution=(512,512)" --set data.source=synthetic \
+        --set data.synthetic.height=512 --set data.synthetic.width=512 --set data.prefetch=2 \
+        --set data.num_threads=1 --out benchmarks/results/train_step_sd15_cpu.json
 
-FLOPs per step come from the compiled step's XLA cost analysis; the peak is a float32 (bf16 with
---compute_dtype=bfloat16) matmul measured in the same run; MFU = (FLOPs / median step time) / peak. Steps of the
+Where it fits, drop --compile_only and add --sequential (and `--set optim.ema_decay=0.0` to leave out EMA) to time it.
+
+FLOPs per step come from XLA's cost analysis of the step lowered with all attention queries at once (the timed
+executable's own count, `executable_flops`, sees a chunked attention loop's body once); the peak is a float32 (bf16
+with --compute_dtype=bfloat16) matmul measured in the same run; MFU = (FLOPs / median step time) / peak. Steps of the
 two forms are alternated (A, B, A, B, ...) and medians compared, so machine load affects both alike; with
 --sequential each form is built, timed and freed before the next (for models where two states do not fit).
 """
@@ -49,18 +51,48 @@ def matmul_peak(dtype, n: int = 1024, reps: int = 10) -> float:
     return 2 * n ** 3 / statistics.median(times)
 
 
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
+def _flops(staged) -> float:
+    cost = staged.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
+def step_flops(config, encoders, example_batch) -> float:
+    """FLOPs of one step: XLA's cost analysis of the step lowered with all attention queries at once.
+
+    Not the timed executable's own count: with more queries than `model.attention_query_chunk`, XLA attention runs
+    its chunks in a loop whose body the cost analysis counts once. Lowering only; nothing is compiled or allocated.
+    """
+    from humandiff import train
+    from humandiff.training import modeling, sharding
+
+    whole = config.copy_and_resolve_references()
+    whole.model.attention_query_chunk = 0
+    mesh = sharding.make_mesh(whole)
+    models, _ = modeling.build(whole, **(encoders or {}))
+    shapes = train.abstract_state(whole, models, mesh)
+    return _flops(train.lower_step(whole, models, mesh, *shapes, example_batch))
+
+
 def _memory(compiled) -> dict:
+    """XLA's memory analysis; `step_bytes` = arguments + temporaries + outputs not aliased to (donated) arguments."""
     m = compiled.memory_analysis()
     if m is None:
         return {}
-    keys = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "generated_code_size_in_bytes")
-    return {k: int(getattr(m, k, 0)) for k in keys}
+    keys = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+            "generated_code_size_in_bytes")
+    out = {k: int(getattr(m, k, 0)) for k in keys}
+    out["step_bytes"] = (out["argument_size_in_bytes"] + out["temp_size_in_bytes"] + out["output_size_in_bytes"]
+                         - out["alias_size_in_bytes"])
+    return out
+
+
+def _host_memory() -> int | None:
+    """Total host memory in bytes (Linux), for reading `step_bytes` against."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 # CLIP ViT-L/14 with a 768-wide projection: the `image_encoder/` of SD image variations (AnimateAnyone's).
@@ -81,8 +113,8 @@ def random_encoders(config) -> dict:
     return {"vae": AutoencoderKL(), "image_encoder": clip}
 
 
-def build(config, workdir, encoders=None):
-    """(compiled step, state, frozen, batch, rng, compile seconds) for a config."""
+def build(config, workdir, encoders=None, allocate: bool = True) -> dict:
+    """The compiled step, compile seconds and step FLOPs; with `allocate`, also state, frozen, batch and rng."""
     from humandiff import train
     from humandiff.training import checkpoint, input as train_input, modeling, sharding
 
@@ -95,10 +127,13 @@ def build(config, workdir, encoders=None):
     t = time.perf_counter()
     compiled = train.compile_step(config, models, mesh, state_shapes, frozen_shapes, state_sh, frozen_sh, local)
     compile_s = time.perf_counter() - t
-    ckpt = checkpoint.Checkpointer(workdir, 10 ** 9, 1, async_save=False)
-    state, frozen, *_ = train.build_state(config, models, pretrained or {}, mesh, ckpt, it)
-    ckpt.close()
-    return compiled, state, frozen, train_input.to_global(local, mesh), train.step_rng(0, 0, mesh), compile_s
+    built = {"compiled": compiled, "compile_s": compile_s, "flops": step_flops(config, encoders, local)}
+    if allocate:
+        ckpt = checkpoint.Checkpointer(workdir, 10 ** 9, 1, async_save=False)
+        built["state"], built["frozen"], *_ = train.build_state(config, models, pretrained or {}, mesh, ckpt, it)
+        ckpt.close()
+        built.update(batch=train_input.to_global(local, mesh), rng=train.step_rng(0, 0, mesh))
+    return built
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -128,6 +163,8 @@ def main() -> None:
     p.add_argument("--random_encoders", action="store_true",
                    help="random SD VAE + CLIP ViT-L/14 instead of model.vae_dir / model.image_encoder_dir")
     p.add_argument("--sequential", action="store_true", help="build, time and free one form at a time")
+    p.add_argument("--compile_only", action="store_true",
+                   help="compile each form and report FLOPs and XLA's memory analysis; allocate and time nothing")
     p.add_argument("--out", default="benchmarks/results/train_step_cpu.json")
     args = p.parse_args()
     from humandiff import config_lib
@@ -141,17 +178,16 @@ def main() -> None:
         config_lib.validate(config, jax.device_count())
         encoders = random_encoders(config) if args.random_encoders else None
         with tempfile.TemporaryDirectory() as workdir:
-            forms[form] = dict(zip(("compiled", "state", "frozen", "batch", "rng", "compile_s"),
-                                   build(config, workdir, encoders)))
+            forms[form] = build(config, workdir, encoders, allocate=not args.compile_only)
         times[form] = []
-        if args.sequential:
+        if args.sequential and not args.compile_only:
             f = forms[form]
             _step(f)  # warm-up
             times[form] = [_step(f) for _ in range(args.steps)]
-            forms[form] = {"compiled": f["compiled"], "compile_s": f["compile_s"]}  # frees state, frozen, batch
+            forms[form] = {k: f[k] for k in ("compiled", "compile_s", "flops")}  # frees state, frozen, batch
             del f
             gc.collect()
-    if not args.sequential:
+    if not (args.sequential or args.compile_only):
         for f in forms.values():  # warm-up
             _step(f)
         for _ in range(args.steps):
@@ -161,19 +197,22 @@ def main() -> None:
     peak = matmul_peak(dtype)
     result = {"config": args.config, "overrides": {k: repr(v) for k, v in overrides.items()},
               "random_encoders": args.random_encoders, "sequential": args.sequential,
+              "compile_only": args.compile_only, "host_memory_bytes": _host_memory(),
               "batch_size": config.batch_size, "resolution": list(config.data.resolution),
               "compute_dtype": args.compute_dtype, "devices": [str(d) for d in jax.devices()],
               "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
               "load_avg_1min": os.getloadavg()[0], "matmul_peak_flops_per_s": peak, "forms": {}}
     for form, f in forms.items():
-        med = statistics.median(times[form])
-        flops = _flops(f["compiled"])
-        result["forms"][form] = {"step_s": times[form], "median_step_s": med, "samples_per_s": config.batch_size / med,
-                                 "flops_per_step": flops, "achieved_flops_per_s": flops / med,
-                                 "mfu": flops / med / peak, "compile_s": f["compile_s"],
-                                 "memory": _memory(f["compiled"])}
-    result["joint_over_two_pass_time"] = (result["forms"]["joint"]["median_step_s"]
-                                          / result["forms"]["two_pass"]["median_step_s"])
+        row = {"flops_per_step": f["flops"], "executable_flops": _flops(f["compiled"]), "compile_s": f["compile_s"],
+               "memory": _memory(f["compiled"])}
+        if times[form]:
+            med = statistics.median(times[form])
+            row.update(step_s=times[form], median_step_s=med, samples_per_s=config.batch_size / med,
+                       achieved_flops_per_s=f["flops"] / med, mfu=f["flops"] / med / peak)
+        result["forms"][form] = row
+    if all(times.values()):
+        result["joint_over_two_pass_time"] = (result["forms"]["joint"]["median_step_s"]
+                                              / result["forms"]["two_pass"]["median_step_s"])
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as fh:

@@ -148,6 +148,15 @@ def compile_step(config, models, mesh, state, frozen, state_sh, frozen_sh, examp
 
     `state` and `frozen` may be arrays or `ShapeDtypeStruct` trees (`abstract_state`); only shapes are read.
     """
+    lowered = lower_step(config, models, mesh, state, frozen, state_sh, frozen_sh, example_batch)
+    t0 = time.time()
+    compiled = lowered.compile()
+    logging.info("train step compiled in %.1f s", time.time() - t0)
+    return compiled
+
+
+def lower_step(config, models, mesh, state, frozen, state_sh, frozen_sh, example_batch) -> jax.stages.Lowered:
+    """The jitted step of `compile_step`, lowered (not compiled); arguments as there."""
     tx = optim.make_optimizer(config)
     fn = train_step.make_train_step(models, config, tx, train_step.make_schedule(config))
     batch_abstract = train_input.abstract_batch(example_batch, mesh)
@@ -156,11 +165,7 @@ def compile_step(config, models, mesh, state, frozen, state_sh, frozen_sh, examp
     jitted = jax.jit(fn, in_shardings=(state_sh, frozen_sh, batch_sh, rep), out_shardings=(state_sh, rep),
                      donate_argnums=(0,))
     rng_abstract = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep)
-    t0 = time.time()
-    compiled = jitted.lower(_abstract(state, state_sh), _abstract(frozen, frozen_sh), batch_abstract,
-                            rng_abstract).compile()
-    logging.info("train step compiled in %.1f s", time.time() - t0)
-    return compiled
+    return jitted.lower(_abstract(state, state_sh), _abstract(frozen, frozen_sh), batch_abstract, rng_abstract)
 
 
 @functools.lru_cache(maxsize=8)
