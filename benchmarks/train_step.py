@@ -57,18 +57,17 @@ def _flops(staged) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def step_flops(config, encoders, example_batch) -> float:
+def step_flops(config, encoders, mesh, example_batch) -> float:
     """FLOPs of one step: XLA's cost analysis of the step lowered with all attention queries at once.
 
     Not the timed executable's own count: with more queries than `model.attention_query_chunk`, XLA attention runs
     its chunks in a loop whose body the cost analysis counts once. Lowering only; nothing is compiled or allocated.
     """
     from humandiff import train
-    from humandiff.training import modeling, sharding
+    from humandiff.training import modeling
 
     whole = config.copy_and_resolve_references()
     whole.model.attention_query_chunk = 0
-    mesh = sharding.make_mesh(whole)
     models, _ = modeling.build(whole, **(encoders or {}))
     shapes = train.abstract_state(whole, models, mesh)
     return _flops(train.lower_step(whole, models, mesh, *shapes, example_batch))
@@ -102,13 +101,11 @@ CLIP_VIT_L14 = dict(hidden_size=1024, intermediate_size=4096, projection_dim=768
 
 def random_encoders(config) -> dict:
     """SD's VAE (the defaults of our `AutoencoderKL`) and CLIP ViT-L/14 modules, to be initialised randomly."""
-    import jax.numpy as jnp
-
     from humandiff.models.clip_vision import CLIPVisionConfig, CLIPVisionModelWithProjection
     from humandiff.models.vae import AutoencoderKL
+    from humandiff.training import modeling
 
-    dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else jnp.float32
-    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_L14), dtype=dtype,
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_L14), dtype=modeling.compute_dtype(config),
                                          attention_impl=config.model.attention_impl)
     return {"vae": AutoencoderKL(), "image_encoder": clip}
 
@@ -127,7 +124,7 @@ def build(config, workdir, encoders=None, allocate: bool = True) -> dict:
     t = time.perf_counter()
     compiled = train.compile_step(config, models, mesh, state_shapes, frozen_shapes, state_sh, frozen_sh, local)
     compile_s = time.perf_counter() - t
-    built = {"compiled": compiled, "compile_s": compile_s, "flops": step_flops(config, encoders, local)}
+    built = {"compiled": compiled, "compile_s": compile_s, "flops": step_flops(config, encoders, mesh, local)}
     if allocate:
         ckpt = checkpoint.Checkpointer(workdir, 10 ** 9, 1, async_save=False)
         built["state"], built["frozen"], *_ = train.build_state(config, models, pretrained or {}, mesh, ckpt, it)
@@ -168,6 +165,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/train_step_cpu.json")
     args = p.parse_args()
     from humandiff import config_lib
+    from humandiff.training import modeling
 
     overrides = dict(_override(x) for x in args.set)
     forms, times = {}, {}
@@ -193,8 +191,7 @@ def main() -> None:
         for _ in range(args.steps):
             for form, f in forms.items():
                 times[form].append(_step(f))
-    dtype = jnp.bfloat16 if args.compute_dtype == "bfloat16" else jnp.float32
-    peak = matmul_peak(dtype)
+    peak = matmul_peak(modeling.compute_dtype(config))  # the last form's config: same compute dtype
     result = {"config": args.config, "overrides": {k: repr(v) for k, v in overrides.items()},
               "random_encoders": args.random_encoders, "sequential": args.sequential,
               "compile_only": args.compile_only, "host_memory_bytes": _host_memory(),

@@ -37,6 +37,11 @@ class Models:
         return self is other
 
 
+def compute_dtype(config) -> jnp.dtype:
+    """The activation dtype `config.train.compute_dtype` names (parameters stay float32)."""
+    return jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else jnp.float32
+
+
 def build(config, *, vae: nn.Module | None = None,
           image_encoder: nn.Module | None = None) -> tuple[Models, dict[str, Any]]:
     """Builds the modules from `config.model` and loads weights from local folders when configured.
@@ -54,7 +59,7 @@ def build(config, *, vae: nn.Module | None = None,
     from humandiff.models.unet import UNet2DConditionModel
 
     m = config.model
-    dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else jnp.float32
+    dtype = compute_dtype(config)
     attention_config = AttentionConfig(xla_query_chunk=m.get("attention_query_chunk", DEFAULT_CONFIG.xla_query_chunk))
     scd = dict(attention_impl=m.attention_impl, attention_config=attention_config, interaction=m.interaction,
                pose_injection=m.pose_injection, dtype=dtype, remat=config.train.remat, **dict(m.unet_extra))
