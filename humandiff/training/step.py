@@ -24,7 +24,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from humandiff.diffusion import losses, schedules
 from humandiff.training import optim
@@ -41,7 +40,7 @@ def make_schedule(config) -> schedules.Schedule:
         beta_schedule=d.beta_schedule, zero_terminal_snr=d.zero_snr, prediction_type=d.prediction_type))
 
 
-def init_state(params: Any, tx: optax.GradientTransformation, ema_decay: float) -> State:
+def init_state(params: Any, tx: optim.AdamW, ema_decay: float) -> State:
     """Train state for the trainable tree `params` (EMA starts as a float32 copy)."""
     ema = jax.tree.map(lambda p: p.astype(jnp.float32), params) if ema_decay > 0 else {}
     return {"step": jnp.zeros((), jnp.int32), "params": params, "ema": ema, "opt_state": tx.init(params)}
@@ -146,7 +145,7 @@ def compute_loss(models: Models, config, schedule: schedules.Schedule, params: A
     return loss, aux
 
 
-def make_train_step(models: Models, config, tx: optax.GradientTransformation,
+def make_train_step(models: Models, config, tx: optim.AdamW,
                     schedule: schedules.Schedule) -> Callable[..., tuple[State, dict]]:
     """Returns the pure step `(state, frozen, batch, rng) -> (state, metrics)` (jit it with shardings).
 
@@ -164,18 +163,12 @@ def make_train_step(models: Models, config, tx: optax.GradientTransformation,
 
     def train_step(state: State, frozen: Any, batch: dict, rng: jax.Array) -> tuple[State, dict]:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], frozen, batch, rng)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        ema = optim.ema_update(state["ema"], params, ema_decay) if ema_decay > 0 else state["ema"]
         grad_norm, grads_finite = optim.norm_and_finite(grads)
         finite = jnp.isfinite(loss) & grads_finite
-        keep_new = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        new_state = {
-            "step": state["step"] + 1,
-            "params": keep_new(params, state["params"]),
-            "ema": keep_new(ema, state["ema"]),
-            "opt_state": keep_new(opt_state, state["opt_state"]),
-        }
+        params, opt_state = tx.update(grads, state["opt_state"], state["params"], grad_norm, finite)
+        # From the gated parameters (the new ones whenever the EMA moves): no fusion re-reads the old ones.
+        ema = optim.ema_update(state["ema"], params, ema_decay, finite) if ema_decay > 0 else state["ema"]
+        new_state = {"step": state["step"] + 1, "params": params, "ema": ema, "opt_state": opt_state}
         metrics = {"loss": loss, "mse": aux["mse"], "grad_norm": grad_norm,
                    "lr": lr_fn(state["step"]), "finite": finite.astype(jnp.float32)}
         return new_state, metrics

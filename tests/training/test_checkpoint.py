@@ -9,12 +9,12 @@ import numpy as np
 import optax
 import pytest
 
-from humandiff.training import checkpoint, input as train_input
+from humandiff.training import checkpoint, input as train_input, optim
 
 
 def _state():
     params = {"unet": {"k": jnp.arange(12.0).reshape(3, 4)}}
-    tx = optax.adamw(1e-3)
+    tx = optim.AdamW(optax.constant_schedule(1e-3))
     return {"step": jnp.asarray(7, jnp.int32), "params": params, "ema": params, "opt_state": tx.init(params)}
 
 

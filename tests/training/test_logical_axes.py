@@ -6,7 +6,6 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -168,8 +167,7 @@ def test_jitted_update_keeps_logical_shardings():
 
     def update(state):
         grads = jax.tree.map(lambda p: 0.1 * p, state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        params, opt_state = tx.update(grads, state["opt_state"], state["params"], *optim.norm_and_finite(grads))
         return dict(state, step=state["step"] + 1, params=params, opt_state=opt_state,
                     ema=optim.ema_update(state["ema"], params, 0.9))
 
