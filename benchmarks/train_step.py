@@ -178,9 +178,9 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/train_step_cpu.json")
     args = p.parse_args()
     from humandiff import config_lib, train
+    from humandiff.training import modeling
 
     train.use_memory_scheduler_on_cpu()  # as the trainer does
-    from humandiff.training import modeling
 
     overrides = dict(_override(x) for x in args.set)
     forms, times = {}, {}
