@@ -1,6 +1,7 @@
 """`benchmarks/train_step.py --compile_only` on the tiny config: FLOPs and XLA's memory analysis, nothing allocated."""
 
 import json
+import os
 import sys
 
 from benchmarks import train_step as bench
@@ -8,6 +9,9 @@ from benchmarks import train_step as bench
 
 def test_compile_only_reports_flops_and_memory(tmp_path, monkeypatch):
     out = tmp_path / "result.json"
+    # main() adds the trainer's CPU scheduler flag to XLA_FLAGS; restored afterwards, so later subprocess tests
+    # inherit the suite's environment unchanged.
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
     # 100-query chunks: the tiny UNet's 256-token attention runs as a loop, whose body XLA's count sees once.
     monkeypatch.setattr(sys, "argv", ["train_step.py", "--config", "configs/tiny_test.py", "--compile_only",
                                       "--set", "model.attention_query_chunk=100", "--out", str(out)])
