@@ -21,8 +21,8 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.task = "image"  # image | video | tryon
     c.seed = 0  # PRNG seed: parameter init, noise, timesteps, data order
-    c.total_steps = 700  # optimizer steps (sized for ~11 min on 2 CPU cores; more steps give better samples)
-    c.batch_size = 8  # global batch: (reference, target) pairs per step (8 beat 16 at equal time: more updates)
+    c.total_steps = 1500  # optimizer steps (sized for ~10 min on 2 CPU cores; more steps give better samples)
+    c.batch_size = 4  # global batch: (reference, target) pairs per step (at equal time 4 beat 2 and 8; 8 beat 16)
     c.log_every = 20  # steps between metric writes (TensorBoard + progress bar)
 
     c.model = ml_collections.ConfigDict()
