@@ -79,7 +79,7 @@ def get_config(arg=None):
         _copy_stage1(c, stage1_config(arg.stage1), os.path.join(arg.stage1, "config.json"))
     c.task = "video"  # clips of data.num_frames target frames sharing one reference cache
     c.total_steps = 300  # optimizer steps (~1.5 s each on 2 CPU cores)
-    c.batch_size = 2  # global clips per step (2 x 8 = 16 target frames, the image stage's 16 pairs)
+    c.batch_size = 2  # global clips per step (2 clips x 8 frames = 16 target frames)
     c.log_every = 20  # steps between metric writes
     c.model.init_checkpoint = arg.stage1  # stage-1 workdir: UNet + pose encoder start from its (EMA) parameters
     c.model.unet_extra.motion_modules = True  # AnimateDiff temporal layers, zero-initialised output projection
