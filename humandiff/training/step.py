@@ -156,7 +156,6 @@ def make_train_step(models: Models, config, tx: optim.AdamW,
       schedule: training noise schedule.
     """
     ema_decay = float(config.optim.ema_decay)
-    lr_fn = optim.learning_rate(config)
 
     def loss_fn(trainable, frozen, batch, rng):
         return compute_loss(models, config, schedule, optim.merge(trainable, frozen), batch, rng)
@@ -170,7 +169,7 @@ def make_train_step(models: Models, config, tx: optim.AdamW,
         ema = optim.ema_update(state["ema"], params, ema_decay, finite) if ema_decay > 0 else state["ema"]
         new_state = {"step": state["step"] + 1, "params": params, "ema": ema, "opt_state": opt_state}
         metrics = {"loss": loss, "mse": aux["mse"], "grad_norm": grad_norm,
-                   "lr": lr_fn(state["step"]), "finite": finite.astype(jnp.float32)}
+                   "lr": tx.lr(state["step"]), "finite": finite.astype(jnp.float32)}
         return new_state, metrics
 
     return train_step
