@@ -88,10 +88,12 @@ def get_config(arg=None):
     c.optim.trainable = (r"motion_modules",)  # only temporal layers train; the stage-1 model stays bitwise unchanged
     c.optim.lr = 1e-3  # peak AdamW learning rate (from zero-init in a few hundred steps)
     c.optim.warmup_steps = 20  # linear warmup steps, then constant
+    c.optim.schedule = "constant"  # (the image demo decays at its end: wsd)
     c.data.num_frames = 8  # target frames per clip
     c.data.stride = 1  # source frames between consecutive target frames (small motion: consistent appearance)
     c.ckpt.every = 100  # steps between checkpoints
     c.sample.num_frames = 8  # frames per sampled video (one temporal window)
+    c.sample.sampler, c.sample.num_steps, c.sample.guidance_scale = "ddim", 10, 2.0  # as its README numbers were
     if arg.runlocal:
         c.total_steps, c.batch_size, c.log_every = 4, 1, 2
         c.data.num_frames = c.sample.num_frames = 3

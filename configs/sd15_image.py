@@ -55,6 +55,7 @@ def get_config(arg=None):
 
     c.optim.lr = 1e-5  # AdamW peak learning rate
     c.optim.warmup_steps = 500  # linear warmup steps
+    c.optim.schedule = "constant"  # then the peak, held (the demo's wsd decay is for its short from-scratch run)
     c.optim.ema_decay = 0.9999  # EMA of trainable parameters
     c.optim.trainable = (r"^(unet|pose_encoder)/",)  # UNet and pose encoder are trained
     c.optim.frozen = (r"^vae/", r"^image_encoder/")  # VAE and CLIP stay frozen (loaded, never saved)
@@ -69,10 +70,12 @@ def get_config(arg=None):
     c.data.prefetch = 64  # examples prefetched per process
 
     c.mesh.shape = (-1, 1, 1)  # pure data parallel; e.g. (1, -1, 1) for FSDP on large pods
+    c.mesh.cpu_devices = 0  # CPU-only host: JAX devices to split it into (0 = one; GPUs and TPUs unaffected)
 
     c.ckpt.every = 1000  # steps between checkpoints
     c.ckpt.keep = 3  # checkpoints kept
     c.sample.every = 2000  # steps between sample grids
+    c.sample.sampler = "ddim"  # sampler of the periodic samples
     c.sample.num_steps = 20  # DDIM steps of the periodic samples
     c.sample.guidance_scale = 3.5  # CFG on the reference
     c.sample.num_frames = 16  # frames per sampled video

@@ -16,6 +16,7 @@ def get_config(arg=None):
     c.ckpt.every = 4  # steps between checkpoints
     c.ckpt.async_save = False  # tests read checkpoints right after writing them
     c.optim.warmup_steps = 2  # linear warmup steps
+    c.optim.schedule = "constant"  # then the peak, held
     c.optim.ema_decay = 0.9  # fast EMA so tests can see it move
     c.data.num_threads = 0  # read in the main thread (deterministic, no thread start-up)
     c.data.prefetch = 0  # no prefetch buffer

@@ -31,7 +31,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 NAN_POLICIES = ("skip", "stop")
 BETA_SCHEDULES = ("scaled_linear", "linear")
 TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "wsd")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "interpret")
 MESH_AXES = ("data", "fsdp", "tensor")
 SHARDING_MODES = ("logical", "regex")
@@ -273,6 +273,14 @@ def _data_mix(config) -> None:
         raise ConfigError(f"config.data.name={config.data.name!r}: {e}") from e
 
 
+def cpu_devices(config: ml_collections.ConfigDict) -> int:
+    """`config.mesh.cpu_devices` (0 when absent): JAX devices to split a CPU-only host into, or raises ConfigError."""
+    count = config.mesh.get("cpu_devices", 0)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        _fail("mesh.cpu_devices", count, "must be an integer >= 0 (0 = JAX's default, one CPU device)")
+    return count
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Rejects bad values before anything is built, naming the key and the value.
 
@@ -288,7 +296,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     for key in ("optim.lr", "total_steps", "batch_size", "data.num_frames", "data.stride",
                 "diffusion.num_train_timesteps", "log_every", "ckpt.every", "ckpt.keep", "sample.num_steps"):
         _positive(config, key)
-    for key in ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "diffusion.noise_offset",
+    for key in ("optim.warmup_steps", "optim.decay_steps", "optim.weight_decay", "optim.grad_clip", "diffusion.noise_offset",
                 "diffusion.snr_gamma", "sample.every", "sample.guidance_scale"):
         _positive(config, key, allow_zero=True)
     for key in ("optim.ema_decay", "data.drop_prob", "optim.b1", "optim.b2"):
@@ -334,6 +342,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if config.model.motion_modules_path and not config.model.unet_dir:
         _fail("model.motion_modules_path", config.model.motion_modules_path,
               "motion modules are loaded together with the base UNet: set model.unet_dir too")
+    cpu_devices(config)
     if num_devices is not None:
         shape = mesh_shape(config, num_devices)
         batch_shards = shape[0] * shape[1]

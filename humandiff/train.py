@@ -47,6 +47,19 @@ def use_memory_scheduler_on_cpu() -> None:
         os.environ["XLA_FLAGS"] = f"{current} {CPU_SCHEDULER_FLAG}".strip()
 
 
+def use_cpu_devices(count: int) -> None:
+    """Splits the host CPU into `count` JAX devices (`jax_num_cpu_devices`), unless XLA_FLAGS already fixes the
+    count (`--xla_force_host_platform_device_count`, as tests and launch/local_multiprocess.sh set it). 0 leaves
+    JAX's default (one device). Only effective before JAX's first computation; GPU and TPU devices are unaffected.
+
+    The data axis then runs each device's share of the batch on its own thread. The demo's step is a long chain of
+    small kernels that one device cannot spread over the cores: on 2 cores, 2 devices run it 1.3 to 1.5 times as
+    fast as one (docs/training.md#benchmark).
+    """
+    if count and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        jax.config.update("jax_num_cpu_devices", int(count))
+
+
 def maybe_initialize_distributed() -> None:
     """`jax.distributed.initialize()` when a multi-process environment is detected (idempotent enough)."""
     env = os.environ
@@ -86,11 +99,14 @@ def _load_init_checkpoint(workdir: str) -> dict:
     """Parameters (EMA if kept) of an earlier stage's latest checkpoint, as host arrays."""
     ckpt = checkpoint.Checkpointer(workdir, every=1, keep=1, async_save=False)
     step = ckpt.latest_step()
+    ckpt.close()
     if step is None:
         raise checkpoint.CheckpointError(f"config.model.init_checkpoint={workdir!r} holds no checkpoint")
-    import orbax.checkpoint as ocp
-    restored = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    ckpt.close()
+    try:
+        restored = checkpoint.restore_to_host(os.path.join(ckpt.directory, str(step), "state"))
+    except (ValueError, KeyError, TypeError, FileNotFoundError, OSError) as e:
+        raise checkpoint.CheckpointError(f"config.model.init_checkpoint={workdir!r}: cannot restore step {step}: "
+                                         f"{type(e).__name__}: {e}") from e
     return restored["ema"] if restored.get("ema") else restored["params"]
 
 
@@ -335,9 +351,10 @@ def main(argv) -> None:
         raise app.UsageError("--workdir is required")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 brings it back
-    use_memory_scheduler_on_cpu()
-    maybe_initialize_distributed()
     config = _CONFIG.value
+    use_memory_scheduler_on_cpu()
+    use_cpu_devices(config_lib.cpu_devices(config))
+    maybe_initialize_distributed()
     config_lib.validate(config, num_devices=jax.device_count())
     from tqdm.contrib.logging import logging_redirect_tqdm
     with logging_redirect_tqdm():

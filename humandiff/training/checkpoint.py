@@ -28,6 +28,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint directory exists but cannot be restored."""
 
 
+def restore_to_host(directory: str) -> Any:
+    """The pytree saved in `directory` (a step's `state/`, or `frozen/`) as numpy arrays, whatever device topology
+    saved it: a run on 2 CPU devices or 64 TPU chips is read the same way by a one-device export or a later stage.
+    (Orbax's own restore without a target tree insists on the saving topology.)"""
+    with ocp.PyTreeCheckpointer() as ckptr:
+        tree = ckptr.metadata(directory).item_metadata.tree
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        return ckptr.restore(directory, args=ocp.args.PyTreeRestore(restore_args=args))
+
+
 class Checkpointer:
     """Thin wrapper around `ocp.CheckpointManager` for the train state and the data iterator.
 

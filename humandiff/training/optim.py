@@ -86,11 +86,17 @@ def merge(a: Mapping, b: Mapping) -> dict:
 def learning_rate(config) -> optax.Schedule:
     """Linear warmup from 0 to `optim.lr` over `optim.warmup_steps`, then `optim.schedule`.
 
-    `constant` holds the peak; `cosine` decays it to 0 at `total_steps`.
+    `constant` holds the peak; `cosine` decays it to 0 at `total_steps`; `wsd` (warmup-stable-decay) holds the
+    peak, then decays it linearly to 0 over the last `optim.decay_steps` steps before `total_steps`.
     """
     c = config.optim
+    total = int(config.total_steps)
     if c.schedule == "cosine":
-        after = optax.cosine_decay_schedule(c.lr, max(int(config.total_steps) - c.warmup_steps, 1))
+        after = optax.cosine_decay_schedule(c.lr, max(total - c.warmup_steps, 1))
+    elif c.schedule == "wsd":
+        stable = max(total - c.warmup_steps - c.decay_steps, 0)
+        after = optax.join_schedules([optax.constant_schedule(c.lr), optax.linear_schedule(c.lr, 0.0, c.decay_steps)],
+                                     [stable])
     else:
         after = optax.constant_schedule(c.lr)
     if c.warmup_steps == 0:

@@ -140,11 +140,10 @@ def load_config(workdir: str, config: Any = None) -> Any:
 
 
 def _restore(directory: str) -> Any:
-    import orbax.checkpoint as ocp  # noqa: PLC0415
+    from humandiff.training import checkpoint  # noqa: PLC0415
 
     try:
-        with ocp.StandardCheckpointer() as ckptr:
-            return ckptr.restore(directory)
+        return checkpoint.restore_to_host(directory)
     except (ValueError, KeyError, TypeError, FileNotFoundError, OSError) as e:
         raise ExportError(f"cannot read the checkpoint in {directory}: {type(e).__name__}: {e}") from e
 

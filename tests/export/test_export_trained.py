@@ -1,6 +1,7 @@
 """Export of a checkpoint written by the real trainer (two optimizer steps of the tiny config), read back with the
 config.json the trainer writes: diffusers loads the UNet with no missing keys, its output equals the JAX UNet's on
-the trained EMA weights (<= 1e-4 relative), and `humandiff.sample` animates straight from the training workdir."""
+the trained EMA weights (<= 1e-4 relative), `humandiff.sample` animates straight from the training workdir, and a
+1-device process reads the checkpoint the 8-device run wrote."""
 
 import numpy as np
 import pytest
@@ -42,6 +43,32 @@ def test_export_of_a_trained_checkpoint(tmp_path):
     print(f"trained checkpoint (2 steps, EMA): exported UNet vs JAX relative error {err:.2e}")
     assert err <= 1e-4
     _sample_from_workdir(str(tmp_path / "run"), tuple(config.data.resolution), tmp_path)
+    _read_on_one_device(str(tmp_path / "run"), trained, jax.device_count())
+
+
+_READ = """
+import sys, jax, numpy as np
+from humandiff.weights import export
+trained = export.read_checkpoint(sys.argv[1], ema=True)
+print(jax.device_count(), sum(float(np.abs(x).sum()) for x in jax.tree.leaves(trained.params)))
+"""
+
+
+def _read_on_one_device(workdir, trained, devices):
+    """The checkpoint was written on the test process's 8 devices; a 1-device process (a laptop export) reads the
+    same parameters. Orbax's own restore without a target tree refuses a different device topology."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    assert devices > 1
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _READ, workdir], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    count, total = out.stdout.split()
+    assert int(count) == 1
+    want = sum(float(np.abs(x).sum()) for x in jax.tree.leaves(trained.params))
+    assert float(total) == pytest.approx(want, rel=1e-6)
 
 
 def _sample_from_workdir(workdir, size, tmp_path):

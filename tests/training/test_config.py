@@ -57,6 +57,7 @@ BAD = [
     ("model.pose_encoder", {"block_out_channels": (16,), "coord_channels": "yes"},
      "model.pose_encoder.coord_channels='yes'"),
     ("model.attention_query_chunk", -1, "model.attention_query_chunk=-1"),
+    ("mesh.cpu_devices", -2, "mesh.cpu_devices=-2"),
     ("optim.lr", -1e-4, "optim.lr=-0.0001"),
     ("train.form", "three_pass", "train.form='three_pass'"),
     ("train.nan_policy", "ignore", "train.nan_policy='ignore'"),

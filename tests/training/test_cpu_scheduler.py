@@ -1,4 +1,5 @@
-"""The trainer picks XLA:CPU's memory-minimising scheduler (`train.use_memory_scheduler_on_cpu`), unless the user's
+"""CPU process set-up done by the trainer before JAX starts: XLA:CPU's memory-minimising scheduler
+(`train.use_memory_scheduler_on_cpu`) and the CPU device count (`train.use_cpu_devices`), each unless the user's
 XLA_FLAGS already chooses. Each case runs in its own process: XLA reads XLA_FLAGS once per process."""
 
 import os
@@ -43,3 +44,25 @@ def test_memory_scheduler_is_added_and_shrinks_temporaries():
     flags, temp_concurrent = _run(chosen)
     assert flags == chosen  # the user's choice stands
     assert temp_memory < temp_concurrent, (temp_memory, temp_concurrent)  # measured 163840 vs 360448 bytes
+
+
+_DEVICES = """
+from humandiff import config_lib, train
+config = config_lib.load("configs/demo.py")
+train.use_cpu_devices(config_lib.cpu_devices(config))
+import jax
+print(config.mesh.cpu_devices, jax.device_count())
+"""
+
+
+def _devices(xla_flags: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", **({"XLA_FLAGS": xla_flags} if xla_flags is not None else {}))
+    out = subprocess.run([sys.executable, "-c", _DEVICES], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_cpu_devices_from_the_config_unless_xla_flags_sets_them():
+    assert _devices(None) == "2 2"  # the demo splits the CPU into 2 devices
+    assert _devices("--xla_force_host_platform_device_count=3") == "2 3"  # the user's XLA_FLAGS stand

@@ -116,6 +116,8 @@ def test_warmup_schedule_and_ema():
     w, total = config.optim.warmup_steps, config.total_steps
     assert float(cosine(w)) == pytest.approx(config.optim.lr) and float(cosine(total)) == pytest.approx(0.0, abs=1e-12)
     assert float(cosine(w + (total - w) // 2)) == pytest.approx(config.optim.lr / 2, rel=0.1)
+    wsd = optim.learning_rate(config_lib.load("configs/tiny_test.py", {"optim.schedule": "wsd", "optim.decay_steps": 4}))
+    assert [round(float(wsd(s)) / config.optim.lr, 6) for s in range(w, total + 1)] == [1, 1, 1, 0.75, 0.5, 0.25, 0]
     ema = optim.ema_update({"a": jnp.zeros(2)}, {"a": jnp.ones(2)}, 0.9)
     np.testing.assert_allclose(ema["a"], 0.1, rtol=1e-6)
 
