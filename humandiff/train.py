@@ -53,8 +53,8 @@ def use_cpu_devices(count: int) -> None:
     JAX's default (one device). Only effective before JAX's first computation; GPU and TPU devices are unaffected.
 
     The data axis then runs each device's share of the batch on its own thread. The demo's step is a long chain of
-    small kernels that one device cannot spread over the cores: on 2 cores, 2 devices run it 1.3 to 1.5 times as
-    fast as one (docs/training.md#benchmark).
+    small kernels that one device cannot spread over the cores: on 2 cores, 2 devices run it 1.30 times as fast as
+    one (benchmarks/cpu_devices.py).
     """
     if count and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         jax.config.update("jax_num_cpu_devices", int(count))

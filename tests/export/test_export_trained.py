@@ -1,7 +1,7 @@
 """Export of a checkpoint written by the real trainer (two optimizer steps of the tiny config), read back with the
 config.json the trainer writes: diffusers loads the UNet with no missing keys, its output equals the JAX UNet's on
-the trained EMA weights (<= 1e-4 relative), `humandiff.sample` animates straight from the training workdir, and a
-1-device process reads the checkpoint the 8-device run wrote."""
+the trained EMA weights (<= 1e-4 relative), `humandiff.sample` animates straight from the training workdir, a
+1-device process reads the checkpoint the 8-device run wrote, and the held-out check runs on it."""
 
 import numpy as np
 import pytest
@@ -44,6 +44,21 @@ def test_export_of_a_trained_checkpoint(tmp_path):
     assert err <= 1e-4
     _sample_from_workdir(str(tmp_path / "run"), tuple(config.data.resolution), tmp_path)
     _read_on_one_device(str(tmp_path / "run"), trained, jax.device_count())
+    _held_out_check(str(tmp_path / "run"))
+
+
+def _held_out_check(workdir):
+    """`python -m humandiff.training.evals WORKDIR`: the trainer's held-out PSNRs on a chosen number of identities."""
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    from humandiff.training import evals  # noqa: PLC0415
+
+    result = evals.main([workdir, "--num_videos", "2", "--num_frames", "2"])
+    assert result["step"] == 2 and result["ema"] and result["num_videos"] == 2
+    assert all(5.0 < result[k] < 60.0 for k in ("psnr_scd", "psnr_no_ref", "psnr_copy_ref")), result
+    with open(os.path.join(workdir, "samples", "heldout_step_0000002_2x2.json")) as fh:
+        assert json.load(fh) == result
 
 
 _READ = """
