@@ -296,9 +296,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     for key in ("optim.lr", "total_steps", "batch_size", "data.num_frames", "data.stride",
                 "diffusion.num_train_timesteps", "log_every", "ckpt.every", "ckpt.keep", "sample.num_steps"):
         _positive(config, key)
-    for key in ("optim.warmup_steps", "optim.decay_steps", "optim.weight_decay", "optim.grad_clip", "diffusion.noise_offset",
+    for key in ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "diffusion.noise_offset",
                 "diffusion.snr_gamma", "sample.every", "sample.guidance_scale"):
         _positive(config, key, allow_zero=True)
+    if config.optim.schedule == "wsd":
+        _positive(config, "optim.decay_steps")
+        room = config.total_steps - config.optim.warmup_steps
+        if config.optim.decay_steps > room:
+            _fail("optim.decay_steps", config.optim.decay_steps,
+                  f"the wsd decay must fit after the warmup: at most total_steps - warmup_steps = {room}")
     for key in ("optim.ema_decay", "data.drop_prob", "optim.b1", "optim.b2"):
         _fraction(config, key)
     ref_t, n_t = _get(config, "diffusion.ref_timestep"), _get(config, "diffusion.num_train_timesteps")

@@ -87,6 +87,16 @@ def test_bad_values_are_named(key, value, message):
         config_lib.validate(config, num_devices=8)
 
 
+@pytest.mark.parametrize("decay,message", [(0, "optim.decay_steps=0: must be > 0"),
+                                           (7, "optim.decay_steps=7: the wsd decay must fit after the warmup")])
+def test_wsd_decay_steps(decay, message):
+    config = config_lib.load("configs/tiny_test.py", {"optim.schedule": "wsd", "optim.decay_steps": decay})
+    with pytest.raises(ConfigError, match=message):  # tiny_test: 8 steps, 2 of warmup
+        config_lib.validate(config)
+    config.optim.decay_steps = 6
+    config_lib.validate(config)
+
+
 def test_tfds_source_needs_data_dir():
     with pytest.raises(ConfigError, match="data.data_dir=''"):
         config_lib.validate(config_lib.load("configs/sd15_image.py"))
