@@ -87,16 +87,17 @@ def learning_rate(config) -> optax.Schedule:
     """Linear warmup from 0 to `optim.lr` over `optim.warmup_steps`, then `optim.schedule`.
 
     `constant` holds the peak; `cosine` decays it to 0 at `total_steps`; `wsd` (warmup-stable-decay) holds the
-    peak, then decays it linearly to 0 over the last `optim.decay_steps` steps before `total_steps`.
+    peak, then decays it linearly to 0 over the last `optim.decay_steps` steps before `total_steps` (all the steps
+    after the warmup, if fewer: a shortened smoke run still ends at 0).
     """
     c = config.optim
     total = int(config.total_steps)
     if c.schedule == "cosine":
         after = optax.cosine_decay_schedule(c.lr, max(total - c.warmup_steps, 1))
-    elif c.schedule == "wsd":
-        stable = max(total - c.warmup_steps - c.decay_steps, 0)
-        after = optax.join_schedules([optax.constant_schedule(c.lr), optax.linear_schedule(c.lr, 0.0, c.decay_steps)],
-                                     [stable])
+    elif c.schedule == "wsd":  # a decay longer than the steps after the warmup is shortened to them
+        decay = max(min(int(c.decay_steps), total - c.warmup_steps), 1)
+        after = optax.join_schedules([optax.constant_schedule(c.lr), optax.linear_schedule(c.lr, 0.0, decay)],
+                                     [max(total - c.warmup_steps - decay, 0)])
     else:
         after = optax.constant_schedule(c.lr)
     if c.warmup_steps == 0:

@@ -87,11 +87,9 @@ def test_bad_values_are_named(key, value, message):
         config_lib.validate(config, num_devices=8)
 
 
-@pytest.mark.parametrize("decay,message", [(0, "optim.decay_steps=0: must be > 0"),
-                                           (7, "optim.decay_steps=7: the wsd decay must fit after the warmup")])
-def test_wsd_decay_steps(decay, message):
-    config = config_lib.load("configs/tiny_test.py", {"optim.schedule": "wsd", "optim.decay_steps": decay})
-    with pytest.raises(ConfigError, match=message):  # tiny_test: 8 steps, 2 of warmup
+def test_wsd_needs_decay_steps():
+    config = config_lib.load("configs/tiny_test.py", {"optim.schedule": "wsd", "optim.decay_steps": 0})
+    with pytest.raises(ConfigError, match="optim.decay_steps=0: must be > 0"):
         config_lib.validate(config)
     config.optim.decay_steps = 6
     config_lib.validate(config)

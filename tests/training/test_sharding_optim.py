@@ -118,6 +118,11 @@ def test_warmup_schedule_and_ema():
     assert float(cosine(w + (total - w) // 2)) == pytest.approx(config.optim.lr / 2, rel=0.1)
     wsd = optim.learning_rate(config_lib.load("configs/tiny_test.py", {"optim.schedule": "wsd", "optim.decay_steps": 4}))
     assert [round(float(wsd(s)) / config.optim.lr, 6) for s in range(w, total + 1)] == [1, 1, 1, 0.75, 0.5, 0.25, 0]
+    # A decay longer than the 6 steps after the warmup is shortened to them: the run still ends at 0.
+    long = optim.learning_rate(config_lib.load("configs/tiny_test.py", {"optim.schedule": "wsd",
+                                                                        "optim.decay_steps": 1000}))
+    got = [float(long(s)) / config.optim.lr for s in range(w, total + 1)]
+    assert got == pytest.approx([1, 5 / 6, 4 / 6, 0.5, 2 / 6, 1 / 6, 0], abs=1e-6)
     ema = optim.ema_update({"a": jnp.zeros(2)}, {"a": jnp.ones(2)}, 0.9)
     np.testing.assert_allclose(ema["a"], 0.1, rtol=1e-6)
 
