@@ -104,9 +104,8 @@ def _load_init_checkpoint(workdir: str) -> dict:
         raise checkpoint.CheckpointError(f"config.model.init_checkpoint={workdir!r} holds no checkpoint")
     try:
         restored = checkpoint.restore_to_host(os.path.join(ckpt.directory, str(step), "state"))
-    except (ValueError, KeyError, TypeError, FileNotFoundError, OSError) as e:
-        raise checkpoint.CheckpointError(f"config.model.init_checkpoint={workdir!r}: cannot restore step {step}: "
-                                         f"{type(e).__name__}: {e}") from e
+    except checkpoint.CheckpointError as e:
+        raise checkpoint.CheckpointError(f"config.model.init_checkpoint={workdir!r}: {e}") from e
     return restored["ema"] if restored.get("ema") else restored["params"]
 
 

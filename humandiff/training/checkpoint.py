@@ -28,14 +28,27 @@ class CheckpointError(RuntimeError):
     """A checkpoint directory exists but cannot be restored."""
 
 
+# What Orbax raises for a missing, partial or mismatched checkpoint (OSError covers FileNotFoundError).
+_READ_ERRORS = (ValueError, KeyError, TypeError, OSError)
+
+
 def restore_to_host(directory: str) -> Any:
     """The pytree saved in `directory` (a step's `state/`, or `frozen/`) as numpy arrays, whatever device topology
     saved it: a run on 2 CPU devices or 64 TPU chips is read the same way by a one-device export or a later stage.
-    (Orbax's own restore without a target tree insists on the saving topology.)"""
-    with ocp.PyTreeCheckpointer() as ckptr:
-        tree = ckptr.metadata(directory).item_metadata.tree
-        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        return ckptr.restore(directory, args=ocp.args.PyTreeRestore(restore_args=args))
+    (Orbax's own restore without a target tree insists on the saving topology.)
+
+    Raises:
+      CheckpointError: naming `directory`, when it cannot be read.
+    """
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            meta = ckptr.metadata(directory).item_metadata
+            if meta is None:  # an empty or half-copied folder: Orbax finds no tree metadata
+                raise CheckpointError(f"cannot read the checkpoint in {directory}: it holds no Orbax tree metadata")
+            args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta.tree)
+            return ckptr.restore(directory, args=ocp.args.PyTreeRestore(restore_args=args))
+    except _READ_ERRORS as e:
+        raise CheckpointError(f"cannot read the checkpoint in {directory}: {type(e).__name__}: {e}") from e
 
 
 class Checkpointer:
@@ -98,7 +111,7 @@ class Checkpointer:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        except (ValueError, KeyError, TypeError, FileNotFoundError, OSError) as e:
+        except _READ_ERRORS as e:
             raise CheckpointError(
                 f"cannot restore checkpoint step {step} from {self.directory}: {type(e).__name__}: {e}. "
                 "Refusing to start from scratch; move the directory away to start fresh.") from e
@@ -118,7 +131,7 @@ class Checkpointer:
         try:
             with ocp.StandardCheckpointer() as ckptr:
                 return ckptr.restore(self.frozen_directory, abstract_frozen)
-        except (ValueError, KeyError, TypeError, FileNotFoundError, OSError) as e:
+        except _READ_ERRORS as e:
             raise CheckpointError(f"cannot restore frozen parameters from {self.frozen_directory}: {e}") from e
 
     def wait(self) -> None:

@@ -144,8 +144,8 @@ def _restore(directory: str) -> Any:
 
     try:
         return checkpoint.restore_to_host(directory)
-    except (ValueError, KeyError, TypeError, FileNotFoundError, OSError) as e:
-        raise ExportError(f"cannot read the checkpoint in {directory}: {type(e).__name__}: {e}") from e
+    except checkpoint.CheckpointError as e:
+        raise ExportError(str(e)) from e
 
 
 def _host(tree: Any) -> Any:

@@ -63,6 +63,19 @@ def test_restore_failure_names_the_directory(tmp_path):
     ckpt.close()
 
 
+def test_restore_to_host_reads_numpy_and_names_a_bad_directory(tmp_path):
+    ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=2, async_save=False)
+    ckpt.save(1, _state())
+    ckpt.close()
+    restored = checkpoint.restore_to_host(str(tmp_path / "checkpoints" / "1" / "state"))
+    assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(restored))
+    np.testing.assert_array_equal(restored["params"]["unet"]["k"], np.arange(12.0).reshape(3, 4))
+    assert int(restored["step"]) == 7
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match=f"{tmp_path / 'empty'}: it holds no Orbax tree metadata"):
+        checkpoint.restore_to_host(str(tmp_path / "empty"))
+
+
 def test_frozen_saved_once(tmp_path):
     ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=2, async_save=False)
     frozen = {"vae": {"k": jnp.ones((4,))}}
