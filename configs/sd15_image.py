@@ -79,6 +79,7 @@ def get_config(arg=None):
     c.sample.num_steps = 20  # DDIM steps of the periodic samples
     c.sample.guidance_scale = 3.5  # CFG on the reference
     c.sample.num_frames = 16  # frames per sampled video
+    c.sample.num_videos = 4  # held-out identities (split over the data axis when they divide evenly over it)
 
     if arg.runlocal:
         config_lib.shrink_for_local(c)

@@ -273,7 +273,7 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
     writer = MetricWriter(os.path.join(workdir, "tb"))
     if sample_fn is None:
         from humandiff.training import evals
-        sample_fn = functools.partial(evals.write_samples, models, config)
+        sample_fn = functools.partial(evals.write_samples, models, config, mesh=mesh)
 
     # ----------------------------------------------------------------------------------------------- loop
     ckpt.install_sigterm_handler()

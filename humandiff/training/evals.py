@@ -9,7 +9,10 @@ poses drive the model. Three PSNRs against the true target frames (all in dB, [-
   reference K/V, zero image embedding);
 - `psnr_copy_ref`: the reference frame copied to every target.
 
-SCD helps when `psnr_scd` beats both baselines. Samples go to `<workdir>/samples/step_<n>.{mp4,png}` (reference |
+SCD helps when `psnr_scd` beats both baselines. With two or more identities, `se_vs_copy_ref` and `se_vs_no_ref`
+give the standard error (over identities) of the per-identity PSNR gain over each baseline: identities differ a
+lot (how far the figure moves from its reference pose decides how good a copy is), so a gain should be read
+against it. Inside a training run the identities are split over the mesh's `data` axis when they divide evenly. Samples go to `<workdir>/samples/step_<n>.{mp4,png}` (reference |
 pose | sample | truth per frame) and to TensorBoard.
 """
 
@@ -58,8 +61,18 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(10.0 * np.log10(4.0 / np.maximum(mse, 1e-12))))
 
 
-def make_sampler_fn(models: Models, config):
-    """`(params, inputs, rng, guidance) -> frames [B, F, H, W, 3]`, jitted once (guidance is traced)."""
+def sampling_mesh(mesh: jax.sharding.Mesh | None, num_videos: int) -> jax.sharding.Mesh | None:
+    """`mesh` when its `data` axis (> 1) divides `num_videos`, so each device samples its own identities; else
+    None (one program over the parameters' devices, as XLA places it: the same numbers, only slower)."""
+    if mesh is None or mesh.shape.get("data", 1) <= 1 or num_videos % mesh.shape["data"]:
+        return None
+    return mesh
+
+
+def make_sampler_fn(models: Models, config, mesh: jax.sharding.Mesh | None = None):
+    """`(params, inputs, rng, guidance) -> frames [B, F, H, W, 3]`, jitted once (guidance is traced).
+
+    With `mesh`, the batch is split over its `data` axis (see `sampling_mesh`) and the parameters replicated."""
     from humandiff.diffusion import pipeline, samplers
     from humandiff.training.step import make_schedule
 
@@ -69,7 +82,8 @@ def make_sampler_fn(models: Models, config):
     sampler = samplers.make_sampler(make_schedule(config).config, config.sample.sampler, config.sample.num_steps,
                                     spacing=config.sample.timestep_spacing)
     generate = pipeline.make_generator(pipeline.Models(unet=models.unet, pose_encoder=models.pose_encoder,
-                                                       vae=models.vae, image_encoder=models.image_encoder), cfg)
+                                                       vae=models.vae, image_encoder=models.image_encoder), cfg,
+                                        mesh=mesh)
     return lambda params, inputs, rng, guidance: generate(params, sampler, inputs, rng, guidance)
 
 
@@ -81,27 +95,43 @@ def _clip_inputs(models: Models, inputs: dict) -> dict:
     return dict(inputs, clip_image=np.asarray(preprocess(inputs["ref_image"], size=size), np.float32))
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils  # noqa: PLC0415  (batch split over several processes)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def evaluate(models: Models, config, params: Any, *, num_videos: int, num_frames: int, seed: int = 0,
-             sample_fn=None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Held-out PSNRs (see the module docstring) and the arrays behind them."""
+             sample_fn=None, mesh: jax.sharding.Mesh | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Held-out PSNRs (see the module docstring) and the arrays behind them. `mesh`: the training mesh, used
+    as `sampling_mesh` says (ignored when `sample_fn` is given)."""
     inputs, truth = held_out_inputs(config, num_videos, num_frames)
     inputs = _clip_inputs(models, inputs)
-    sample_fn = sample_fn or make_sampler_fn(models, config)
+    sample_fn = sample_fn or make_sampler_fn(models, config, sampling_mesh(mesh, num_videos))
     rng = jax.random.key(seed)
-    with_ref = np.asarray(sample_fn(params, inputs, rng, config.sample.guidance_scale))
-    no_ref = np.asarray(sample_fn(params, inputs, rng, 0.0))
+    with_ref = _to_host(sample_fn(params, inputs, rng, config.sample.guidance_scale))
+    no_ref = _to_host(sample_fn(params, inputs, rng, 0.0))
     copy = np.broadcast_to(inputs["ref_image"][:, None], truth.shape)
     metrics = {"psnr_scd": psnr(with_ref, truth), "psnr_no_ref": psnr(no_ref, truth),
                "psnr_copy_ref": psnr(copy, truth)}
+    if num_videos > 1:
+        per_identity = lambda x: np.array([psnr(x[i], truth[i]) for i in range(num_videos)])  # noqa: E731
+        scd = per_identity(with_ref)
+        for name, baseline in (("copy_ref", copy), ("no_ref", no_ref)):
+            gain = scd - per_identity(baseline)
+            metrics[f"se_vs_{name}"] = float(np.std(gain, ddof=1) / np.sqrt(num_videos))
     return metrics, {"inputs": inputs, "sample": with_ref, "no_ref": no_ref, "truth": truth}
 
 
-def write_samples(models: Models, config, state: dict, frozen: Any, step: int, workdir: str, writer) -> dict:
-    """Samples held-out identities with the EMA (or current) parameters; writes mp4/png/json and TensorBoard."""
+def write_samples(models: Models, config, state: dict, frozen: Any, step: int, workdir: str, writer, *,
+                  mesh: jax.sharding.Mesh | None = None) -> dict:
+    """Samples held-out identities with the EMA (or current) parameters; writes mp4/png/json and TensorBoard.
+    `mesh`: the training mesh (see `evaluate`)."""
     trained = state["ema"] if state.get("ema") else state["params"]
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), optim.merge(trained, frozen))
     metrics, arrays = evaluate(models, config, params, num_videos=config.sample.num_videos,
-                               num_frames=config.sample.num_frames, seed=step)
+                               num_frames=config.sample.num_frames, seed=step, mesh=mesh)
     if jax.process_index() != 0:
         return metrics
     inputs = arrays["inputs"]

@@ -48,8 +48,8 @@ def test_write_samples_writes_media_metrics_and_events(tmp_path):
     inputs, truth = evals.held_out_inputs(config, 2, 2)
     copy = np.broadcast_to(inputs["ref_image"][:, None], truth.shape)
     assert metrics["psnr_copy_ref"] == pytest.approx(evals.psnr(copy, truth))
-    assert all(np.isfinite(v) for v in metrics.values()) and set(metrics) == {"psnr_scd", "psnr_no_ref",
-                                                                             "psnr_copy_ref"}
+    assert all(np.isfinite(v) for v in metrics.values()) and set(metrics) == {
+        "psnr_scd", "psnr_no_ref", "psnr_copy_ref", "se_vs_copy_ref", "se_vs_no_ref"}
     stem = tmp_path / "samples" / "step_0000007"
     with open(f"{stem}.json") as fh:
         assert json.load(fh) == dict(metrics, step=7, num_videos=2, num_frames=2)
@@ -58,3 +58,33 @@ def test_write_samples_writes_media_metrics_and_events(tmp_path):
     assert Image.open(f"{stem}.png").size == (2 * 4 * w, 2 * h)
     assert os.path.getsize(f"{stem}.mp4") > 0
     assert glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*"))
+
+
+def test_sampling_split_over_the_data_axis_gives_the_same_numbers():
+    from jax.sharding import Mesh
+
+    config = config_lib.load("configs/tiny_test.py")
+    config.sample.num_videos, config.sample.num_frames, config.sample.num_steps = 2, 2, 2
+    models, _ = modeling.build(config)
+    params = jax.jit(lambda k: modeling.init_params(models, config, k))(jax.random.key(0))
+    devices = np.asarray(jax.devices()[:4])
+    mesh = Mesh(devices[:2].reshape(2, 1, 1), ("data", "fsdp", "tensor"))
+    assert evals.sampling_mesh(mesh, 2) is mesh
+    assert evals.sampling_mesh(mesh, 3) is None  # 3 identities do not split over 2 devices
+    assert evals.sampling_mesh(Mesh(devices[:2].reshape(1, 2, 1), ("data", "fsdp", "tensor")), 2) is None
+    assert evals.sampling_mesh(None, 2) is None
+
+    one, arrays_one = evals.evaluate(models, config, params, num_videos=2, num_frames=2, seed=3)
+    split, arrays_split = evals.evaluate(models, config, params, num_videos=2, num_frames=2, seed=3, mesh=mesh)
+    np.testing.assert_allclose(arrays_split["sample"], arrays_one["sample"], atol=1e-4)
+    assert split == pytest.approx(one, abs=1e-3)
+    inputs, _ = evals.held_out_inputs(config, 2, 2)
+    frames = evals.make_sampler_fn(models, config, mesh)(params, inputs, jax.random.key(3), 1.0)
+    assert {d.id for d in frames.sharding.device_set} == {d.id for d in devices[:2]}
+    assert frames.addressable_shards[0].data.shape[0] == 1  # each device sampled one identity
+
+    # The standard error is that of the per-identity gains.
+    truth = arrays_one["truth"]
+    gains = [evals.psnr(arrays_one["sample"][i], truth[i]) - evals.psnr(arrays_one["no_ref"][i], truth[i])
+             for i in range(2)]
+    assert one["se_vs_no_ref"] == pytest.approx(np.std(gains, ddof=1) / np.sqrt(2))

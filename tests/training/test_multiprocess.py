@@ -1,5 +1,5 @@
-"""2 processes x 2 CPU devices (gloo collectives, launch/local_multiprocess.sh) give the same losses as one process
-with 4 devices."""
+"""2 processes x 2 CPU devices (gloo collectives, launch/local_multiprocess.sh) give the same losses and held-out
+samples as one process with 4 devices."""
 
 import json
 import os
@@ -43,3 +43,10 @@ def test_two_processes_match_one(tmp_path):
     for x, y in zip(a, b):
         assert abs(x - y) <= 1e-5 * max(1.0, abs(x)), (a, b)  # reductions may be ordered differently
     assert (multi / "checkpoints" / "4").is_dir()
+    # The identities were split over devices of both processes and gathered back for the metrics.
+    with open(single / "samples" / "step_0000004.json") as fh:
+        one = json.load(fh)
+    with open(multi / "samples" / "step_0000004.json") as fh:
+        two = json.load(fh)
+    assert one["num_videos"] == two["num_videos"] == 4
+    assert two == pytest.approx(one, abs=1e-3)
