@@ -40,12 +40,14 @@ def restore_to_host(directory: str) -> Any:
     Raises:
       CheckpointError: naming `directory`, when it cannot be read.
     """
+    from etils import epath  # noqa: PLC0415  (Orbax's path type)
+
     try:
+        # The handler's tree metadata (an empty or half-copied folder raises FileNotFoundError), not the
+        # checkpointer's: that one also looks for a step-level file a step's `state/` lacks, and warns every time.
+        meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(directory))
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta.tree)
         with ocp.PyTreeCheckpointer() as ckptr:
-            meta = ckptr.metadata(directory).item_metadata
-            if meta is None:  # an empty or half-copied folder: Orbax finds no tree metadata
-                raise CheckpointError(f"cannot read the checkpoint in {directory}: it holds no Orbax tree metadata")
-            args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta.tree)
             return ckptr.restore(directory, args=ocp.args.PyTreeRestore(restore_args=args))
     except _READ_ERRORS as e:
         raise CheckpointError(f"cannot read the checkpoint in {directory}: {type(e).__name__}: {e}") from e

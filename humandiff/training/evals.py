@@ -156,8 +156,8 @@ def write_samples(models: Models, config, state: dict, frozen: Any, step: int, w
 
 def main(argv: list[str] | None = None) -> dict:
     """`python -m humandiff.training.evals WORKDIR [--num_videos 32]`: the held-out check of a training run's
-    checkpoint on more identities than the trainer samples (its 4 are a small, noisy set). Prints the PSNRs and
-    writes them to `<workdir>/samples/heldout_step_<n>_<videos>x<frames>.json`."""
+    checkpoint on more identities than the trainer samples. Prints the PSNRs and writes them to
+    `<workdir>/samples/heldout_step_<n>_<videos>x<frames>.json`."""
     import argparse  # noqa: PLC0415
 
     from humandiff.weights import export  # noqa: PLC0415
@@ -170,13 +170,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--raw", action="store_true", help="the raw parameters instead of the EMA")
     args = p.parse_args(argv)
+    from humandiff import train  # noqa: PLC0415
+
+    # The run's CPU split (mesh.cpu_devices): the identities are then spread over the devices. Only before JAX
+    # starts; called from a process that has already run JAX (a notebook), its devices stay as they are.
+    cpu_devices = export.load_config(export.resolve_checkpoint(args.workdir, args.step)[0]).mesh.get("cpu_devices", 0)
+    try:
+        train.use_cpu_devices(int(cpu_devices))
+    except RuntimeError:  # "should be updated before backends are initialized"
+        pass
     trained = export.read_checkpoint(args.workdir, ema=not args.raw, step=args.step)
     if trained.config.data.source != "synthetic":
         raise SystemExit(f"{args.workdir}: data.source={trained.config.data.source!r}; the held-out check samples "
                          "synthetic identities (use humandiff.evaluate for datasets)")
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), trained.params)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
     metrics, _ = evaluate(trained.models, trained.config, params, num_videos=args.num_videos,
-                          num_frames=args.num_frames, seed=args.seed)
+                          num_frames=args.num_frames, seed=args.seed, mesh=mesh)
     result = dict(metrics, step=trained.step, ema=not args.raw, num_videos=args.num_videos,
                   num_frames=args.num_frames, seed=args.seed)
     out = os.path.join(trained.workdir, "samples",

@@ -59,6 +59,36 @@ def _held_out_check(workdir):
     assert all(5.0 < result[k] < 60.0 for k in ("psnr_scd", "psnr_no_ref", "psnr_copy_ref")), result
     with open(os.path.join(workdir, "samples", "heldout_step_0000002_2x2.json")) as fh:
         assert json.load(fh) == result
+    _held_out_check_in_new_processes(workdir, result)
+
+
+_EVALS = """
+import sys, jax
+if sys.argv[2] == "after_jax":
+    jax.devices()  # a notebook that has already run JAX: its devices stay as they are
+from humandiff.training import evals
+result = evals.main([sys.argv[1], "--num_videos", "2", "--num_frames", "2"])
+print(jax.device_count(), result["psnr_scd"])
+"""
+
+
+def _held_out_check_in_new_processes(workdir, result):
+    """Started fresh, the CLI splits the CPU as the run did (the tiny config inherits the demo's
+    `mesh.cpu_devices=2`) and samples one identity per device; after JAX has run, it keeps the devices. The same
+    numbers either way as in this 8-device process (where 2 identities do not split over 8 devices)."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    for when, devices in (("first", 2), ("after_jax", 1)):
+        out = subprocess.run([sys.executable, "-c", _EVALS, workdir, when], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        count, psnr = out.stdout.strip().splitlines()[-1].split()
+        assert int(count) == devices, when
+        assert float(psnr) == pytest.approx(result["psnr_scd"], abs=1e-3), when
 
 
 _READ = """
