@@ -12,8 +12,9 @@ poses drive the model. Three PSNRs against the true target frames (all in dB, [-
 SCD helps when `psnr_scd` beats both baselines. With two or more identities, `se_vs_copy_ref` and `se_vs_no_ref`
 give the standard error (over identities) of the per-identity PSNR gain over each baseline: identities differ a
 lot (how far the figure moves from its reference pose decides how good a copy is), so a gain should be read
-against it. Inside a training run the identities are split over the mesh's `data` axis when they divide evenly. Samples go to `<workdir>/samples/step_<n>.{mp4,png}` (reference |
-pose | sample | truth per frame) and to TensorBoard.
+against it. Inside a training run the identities are split over the mesh's `data` axis when they divide evenly.
+Samples go to `<workdir>/samples/step_<n>.{mp4,png}` (reference | pose | sample | truth per frame) and to
+TensorBoard.
 """
 
 from __future__ import annotations
