@@ -273,7 +273,8 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
     writer = MetricWriter(os.path.join(workdir, "tb"))
     if sample_fn is None:
         from humandiff.training import evals
-        sample_fn = functools.partial(evals.write_samples, models, config, mesh=mesh)
+        sampler = evals.make_sampler_fn(models, config, evals.sampling_mesh(mesh, config.sample.num_videos))
+        sample_fn = functools.partial(evals.write_samples, models, config, sample_fn=sampler)  # compiled once
 
     # ----------------------------------------------------------------------------------------------- loop
     ckpt.install_sigterm_handler()

@@ -105,8 +105,8 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 def evaluate(models: Models, config, params: Any, *, num_videos: int, num_frames: int, seed: int = 0,
              sample_fn=None, mesh: jax.sharding.Mesh | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Held-out PSNRs (see the module docstring) and the arrays behind them. `mesh`: the training mesh, used
-    as `sampling_mesh` says (ignored when `sample_fn` is given)."""
+    """Held-out PSNRs (see the module docstring) and the arrays behind them. `mesh`: a device mesh, used as
+    `sampling_mesh` says (ignored when `sample_fn` is given)."""
     inputs, truth = held_out_inputs(config, num_videos, num_frames)
     inputs = _clip_inputs(models, inputs)
     sample_fn = sample_fn or make_sampler_fn(models, config, sampling_mesh(mesh, num_videos))
@@ -126,13 +126,14 @@ def evaluate(models: Models, config, params: Any, *, num_videos: int, num_frames
 
 
 def write_samples(models: Models, config, state: dict, frozen: Any, step: int, workdir: str, writer, *,
-                  mesh: jax.sharding.Mesh | None = None) -> dict:
+                  sample_fn=None) -> dict:
     """Samples held-out identities with the EMA (or current) parameters; writes mp4/png/json and TensorBoard.
-    `mesh`: the training mesh (see `evaluate`)."""
+    `sample_fn`: a `make_sampler_fn` result kept across calls (the trainer's, over its mesh), so periodic samples
+    are traced and compiled once; without it each call builds and compiles a new one."""
     trained = state["ema"] if state.get("ema") else state["params"]
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), optim.merge(trained, frozen))
     metrics, arrays = evaluate(models, config, params, num_videos=config.sample.num_videos,
-                               num_frames=config.sample.num_frames, seed=step, mesh=mesh)
+                               num_frames=config.sample.num_frames, seed=step, sample_fn=sample_fn)
     if jax.process_index() != 0:
         return metrics
     inputs = arrays["inputs"]

@@ -88,3 +88,33 @@ def test_sampling_split_over_the_data_axis_gives_the_same_numbers():
     gains = [evals.psnr(arrays_one["sample"][i], truth[i]) - evals.psnr(arrays_one["no_ref"][i], truth[i])
              for i in range(2)]
     assert one["se_vs_no_ref"] == pytest.approx(np.std(gains, ddof=1) / np.sqrt(2))
+
+
+def test_a_kept_sampler_is_traced_once_across_sample_calls(tmp_path):
+    """The trainer keeps one sampler, so periodic samples do not trace and compile it again."""
+    config = config_lib.load("configs/tiny_test.py")
+    config.sample.num_videos, config.sample.num_frames, config.sample.num_steps = 1, 2, 2
+    models, _ = modeling.build(config)
+    params = jax.jit(lambda k: modeling.init_params(models, config, k))(jax.random.key(0))
+    mask = optim.trainable_mask(params, tuple(config.optim.trainable), tuple(config.optim.frozen))
+    trainable, frozen = optim.split(params, mask)
+    state = {"params": trainable, "ema": {}}
+    traces = []
+
+    def listener(event, duration, **kwargs):
+        if event.endswith("jaxpr_trace_duration"):
+            traces.append(event)
+
+    sampler = evals.make_sampler_fn(models, config)
+    writer = MetricWriter(str(tmp_path / "tb"))
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        counts = []
+        for step, kept in ((1, sampler), (2, sampler), (3, None)):
+            before = len(traces)
+            evals.write_samples(models, config, state, frozen, step, str(tmp_path), writer, sample_fn=kept)
+            counts.append(len(traces) - before)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+        writer.close()
+    assert counts[0] > 0 and counts[1] == 0 and counts[2] > 0, counts  # a new sampler (3) is traced again
