@@ -34,13 +34,18 @@ def test_held_out_identities_are_not_training_ones():
         assert not np.array_equal(train[i]["frames"][0] / 127.5 - 1, inputs["ref_image"][i])
 
 
-def test_write_samples_writes_media_metrics_and_events(tmp_path):
+def _tiny_model(num_videos: int):
+    """`(config, models, params, (trainable, frozen))`: the tiny config sampling `num_videos` x 2 frames in 2 steps."""
     config = config_lib.load("configs/tiny_test.py")
-    config.sample.num_videos, config.sample.num_frames, config.sample.num_steps = 2, 2, 2
+    config.sample.num_videos, config.sample.num_frames, config.sample.num_steps = num_videos, 2, 2
     models, _ = modeling.build(config)
     params = jax.jit(lambda k: modeling.init_params(models, config, k))(jax.random.key(0))
     mask = optim.trainable_mask(params, tuple(config.optim.trainable), tuple(config.optim.frozen))
-    trainable, frozen = optim.split(params, mask)
+    return config, models, params, optim.split(params, mask)
+
+
+def test_write_samples_writes_media_metrics_and_events(tmp_path):
+    config, models, params, (trainable, frozen) = _tiny_model(num_videos=2)
     writer = MetricWriter(str(tmp_path / "tb"))
     metrics = evals.write_samples(models, config, {"params": trainable, "ema": {}}, frozen, 7, str(tmp_path), writer)
     writer.close()
@@ -63,10 +68,7 @@ def test_write_samples_writes_media_metrics_and_events(tmp_path):
 def test_sampling_split_over_the_data_axis_gives_the_same_numbers():
     from jax.sharding import Mesh
 
-    config = config_lib.load("configs/tiny_test.py")
-    config.sample.num_videos, config.sample.num_frames, config.sample.num_steps = 2, 2, 2
-    models, _ = modeling.build(config)
-    params = jax.jit(lambda k: modeling.init_params(models, config, k))(jax.random.key(0))
+    config, models, params, _ = _tiny_model(num_videos=2)
     devices = np.asarray(jax.devices()[:4])
     mesh = Mesh(devices[:2].reshape(2, 1, 1), ("data", "fsdp", "tensor"))
     assert evals.sampling_mesh(mesh, 2) is mesh
@@ -92,12 +94,7 @@ def test_sampling_split_over_the_data_axis_gives_the_same_numbers():
 
 def test_a_kept_sampler_is_traced_once_across_sample_calls(tmp_path):
     """The trainer keeps one sampler, so periodic samples do not trace and compile it again."""
-    config = config_lib.load("configs/tiny_test.py")
-    config.sample.num_videos, config.sample.num_frames, config.sample.num_steps = 1, 2, 2
-    models, _ = modeling.build(config)
-    params = jax.jit(lambda k: modeling.init_params(models, config, k))(jax.random.key(0))
-    mask = optim.trainable_mask(params, tuple(config.optim.trainable), tuple(config.optim.frozen))
-    trainable, frozen = optim.split(params, mask)
+    config, models, _, (trainable, frozen) = _tiny_model(num_videos=1)
     state = {"params": trainable, "ema": {}}
     traces = []
 
