@@ -105,8 +105,9 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 def evaluate(models: Models, config, params: Any, *, num_videos: int, num_frames: int, seed: int = 0,
              sample_fn=None, mesh: jax.sharding.Mesh | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Held-out PSNRs (see the module docstring) and the arrays behind them. `mesh`: a device mesh, used as
-    `sampling_mesh` says (ignored when `sample_fn` is given)."""
+    """Held-out PSNRs (see the module docstring) and the arrays behind them, sampled with `params` in float32.
+    `mesh`: a device mesh, used as `sampling_mesh` says (ignored when `sample_fn` is given)."""
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     inputs, truth = held_out_inputs(config, num_videos, num_frames)
     inputs = _clip_inputs(models, inputs)
     sample_fn = sample_fn or make_sampler_fn(models, config, sampling_mesh(mesh, num_videos))
@@ -131,8 +132,7 @@ def write_samples(models: Models, config, state: dict, frozen: Any, step: int, w
     `sample_fn`: a `make_sampler_fn` result kept across calls (the trainer's, over its mesh), so periodic samples
     are traced and compiled once; without it each call builds and compiles a new one."""
     trained = state["ema"] if state.get("ema") else state["params"]
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), optim.merge(trained, frozen))
-    metrics, arrays = evaluate(models, config, params, num_videos=config.sample.num_videos,
+    metrics, arrays = evaluate(models, config, optim.merge(trained, frozen), num_videos=config.sample.num_videos,
                                num_frames=config.sample.num_frames, seed=step, sample_fn=sample_fn)
     if jax.process_index() != 0:
         return metrics
@@ -172,22 +172,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--raw", action="store_true", help="the raw parameters instead of the EMA")
     args = p.parse_args(argv)
-    from humandiff import train  # noqa: PLC0415
+    from humandiff import config_lib, train  # noqa: PLC0415
 
+    config = export.load_config(export.resolve_checkpoint(args.workdir, args.step)[0])
     # The run's CPU split (mesh.cpu_devices): the identities are then spread over the devices. Only before JAX
     # starts; called from a process that has already run JAX (a notebook), its devices stay as they are.
-    cpu_devices = export.load_config(export.resolve_checkpoint(args.workdir, args.step)[0]).mesh.get("cpu_devices", 0)
     try:
-        train.use_cpu_devices(int(cpu_devices))
+        train.use_cpu_devices(config_lib.cpu_devices(config))
     except RuntimeError:  # "should be updated before backends are initialized"
         pass
-    trained = export.read_checkpoint(args.workdir, ema=not args.raw, step=args.step)
+    trained = export.read_checkpoint(args.workdir, config=config, ema=not args.raw, step=args.step)
     if trained.config.data.source != "synthetic":
         raise SystemExit(f"{args.workdir}: data.source={trained.config.data.source!r}; the held-out check samples "
                          "synthetic identities (use humandiff.evaluate for datasets)")
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), trained.params)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-    metrics, _ = evaluate(trained.models, trained.config, params, num_videos=args.num_videos,
+    metrics, _ = evaluate(trained.models, trained.config, trained.params, num_videos=args.num_videos,
                           num_frames=args.num_frames, seed=args.seed, mesh=mesh)
     result = dict(metrics, step=trained.step, ema=not args.raw, num_videos=args.num_videos,
                   num_frames=args.num_frames, seed=args.seed)
