@@ -25,6 +25,7 @@ import numpy as np
 import results_io  # benchmarks/results_io.py: a script's own folder is on sys.path
 
 from humandiff.diffusion import pipeline, samplers
+from humandiff.models.scd import Models
 from humandiff.diffusion.schedules import ScheduleConfig
 from humandiff.models.init import numpy_init
 from humandiff.models.pose_encoder import PoseEncoder
@@ -47,7 +48,7 @@ def build(sd15: bool, latent: int):
                            jax.ShapeDtypeStruct((1, 1, unet.cross_attention_dim), jnp.float32)),
         "pose_encoder": numpy_init(pose, x, seed=1),
     }
-    return pipeline.Models(unet=unet, pose_encoder=pose), params
+    return Models(unet=unet, pose_encoder=pose), params
 
 
 def flops_of(stage) -> float | None:

@@ -7,7 +7,8 @@ over `[reference ; target]` tokens: the demo tests SCD's mechanism directly.
     python -m humandiff.train --config configs/demo.py --workdir /tmp/humandiff_demo
     python -m humandiff.train --config configs/demo.py:interaction=full,use_ref_pose=false --workdir ...
 
-Args (after the colon): runlocal (shrink further), interaction=causal|full, use_ref_pose, form=two_pass|joint.
+Args (after the colon): runlocal (shrink further), interaction=causal|full, use_ref_pose, form=two_pass|joint
+(default: two_pass under causal interaction; full interaction needs, and so defaults to, joint).
 """
 
 import ml_collections
@@ -17,7 +18,7 @@ from humandiff import config_lib
 
 def get_config(arg=None):
     """Returns the demo config; see the module docstring for the args."""
-    arg = config_lib.parse_arg(arg, runlocal=False, interaction="causal", use_ref_pose=True, form="two_pass")
+    arg = config_lib.parse_arg(arg, runlocal=False, interaction="causal", use_ref_pose=True, form="")
     c = ml_collections.ConfigDict()
     c.task = "image"  # image | video | tryon
     c.seed = 0  # PRNG seed: parameter init, noise, timesteps, data order
@@ -66,7 +67,8 @@ def get_config(arg=None):
     c.diffusion.ref_timestep = 0  # timestep of the reference pass (0 = clean reference)
 
     c.train = ml_collections.ConfigDict()
-    c.train.form = arg.form  # two_pass (reference pass -> K/V cache -> target pass) | joint ([ref ; tgt] one pass)
+    # two_pass (reference pass -> K/V cache -> target pass) | joint ([ref ; tgt] in one pass; needed by full)
+    c.train.form = arg.form or ("joint" if arg.interaction == "full" else "two_pass")
     c.train.compute_dtype = "float32"  # float32 | bfloat16 activations (parameters stay float32)
     c.train.remat = False  # rematerialise UNet blocks in the backward pass (memory for FLOPs)
     c.train.nan_policy = "skip"  # non-finite loss/grads: skip the update | stop training (never checkpointed)

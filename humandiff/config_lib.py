@@ -315,6 +315,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("data.num_frames", config.data.num_frames, "the video stage needs at least 2 frames")
     if config.train.form == "joint" and config.data.num_frames != 1:
         _fail("train.form", config.train.form, "the joint form covers images only; use two_pass for video")
+    if config.model.interaction == "full" and config.train.form != "joint":
+        _fail("train.form", config.train.form, "model.interaction='full' lets the reference see the target, which "
+              "the two-pass form (a reference K/V cache) cannot express; use train.form='joint'")
+    if config.task == "tryon" and config.data.num_frames != 1:
+        _fail("data.num_frames", config.data.num_frames, "the try-on stage trains on images (1 frame)")
     res = tuple(config.data.resolution)
     if len(res) != 2 or min(res) <= 0:
         _fail("data.resolution", res, "expected positive (height, width)")

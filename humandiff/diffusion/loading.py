@@ -23,7 +23,7 @@ import os
 import re
 from typing import Any
 
-from humandiff.diffusion.pipeline import Models
+from humandiff.models.scd import Models
 from humandiff.diffusion.schedules import ScheduleConfig, schedule_config_from
 from humandiff.weights import io
 

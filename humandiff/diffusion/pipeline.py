@@ -3,10 +3,10 @@
     generate = make_generator(models, SamplingConfig(...))
     frames = generate(params, sampler, inputs, rng, guidance)      # [B, F, H, W, 3] in [-1, 1]
 
-- The reference image is encoded (VAE when present, else pixel space) and embedded (CLIP image encoder when
-  present, else a zero 1-token context), and the UNet runs on it ONCE (`scd_mode="write"`, timestep
-  `ref_timestep`) to fill the reference K/V cache.
-- Every denoising step and every frame/window reads that cache (`scd_mode="read"`). The target batch is laid out
+- The reference image is encoded (`Models.encode`: the VAE posterior mean, else pixel space) and embedded (CLIP
+  image encoder when present, else a zero 1-token context), and the UNet runs on it ONCE (`scd.reference_pass`,
+  timestep `ref_timestep`) to fill the reference K/V cache.
+- Every denoising step and every frame/window reads that cache (`scd.target_pass`). The target batch is laid out
   `[B, branch, frames]` so that entry i reads cache entry i // m (the attention broadcasts, no copy).
 - Classifier-free guidance: the unconditional branch drops what `SamplingConfig.uncond_*` says (reference K/V via
   `ref_keep`, image embedding -> zeros, target pose -> zero features). `guidance` is a traced scalar, so a new
@@ -17,7 +17,7 @@
 - Try-on: `inputs["tryon_person"]` / `inputs["tryon_mask"]` hold the latent outside the mask at its clean value
   at every step (SCD's masked forward process).
 - `SamplingConfig.mode="joint"` is the recompute-every-step oracle: a joint `[ref ; tgt]` pass per step
-  (`scd_mode="joint"`), needed for `interaction="full"`, and equal to the cached form under causal interaction.
+  (`scd.joint_pass`), needed for `interaction="full"`, and equal to the cached form under causal interaction.
 """
 
 from __future__ import annotations
@@ -26,26 +26,17 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from humandiff.diffusion import samplers
 from humandiff.diffusion.schedules import latent_mask
+from humandiff.models import scd
+from humandiff.models.scd import Models
 
 FUSIONS = ("uniform", "tent")
 MODES = ("cached", "joint")
-
-
-@dataclasses.dataclass(frozen=True)
-class Models:
-    """The Linen modules of an SCD model (static). `vae`, `pose_encoder`, `image_encoder` may be None."""
-
-    unet: nn.Module
-    pose_encoder: nn.Module | None = None
-    vae: nn.Module | None = None
-    image_encoder: nn.Module | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,62 +104,6 @@ def fusion_weights(window: int, kind: str) -> np.ndarray:
     return (np.minimum(j + 1, window - j) / ((window + 1) // 2)).astype(np.float32)
 
 
-def _apply(module: nn.Module, params: Any, *args, **kwargs):
-    return module.apply({"params": params}, *args, **kwargs)
-
-
-def _image_embeds(out: Any) -> jax.Array:
-    if isinstance(out, dict):
-        return out["image_embeds"]
-    return out.image_embeds if hasattr(out, "image_embeds") else out
-
-
-def encode_latents(models: Models, params: dict, images: jax.Array) -> jax.Array:
-    """Images `[N, H, W, 3]` in [-1, 1] -> scaled latents (VAE mean), or the images themselves without a VAE."""
-    if models.vae is None:
-        return images
-    vae = models.vae
-    mean, _ = _apply(vae, params["vae"], images, method=vae.encode)
-    shift = getattr(vae, "shift_factor", None) or 0.0
-    return (mean - shift) * vae.scaling_factor
-
-
-def decode_latents(models: Models, params: dict, z: jax.Array, chunk: int) -> jax.Array:
-    """Scaled latents `[N, h, w, C]` -> images `[N, H, W, 3]` clipped to [-1, 1], `chunk` entries per VAE call."""
-    if models.vae is None:
-        return jnp.clip(z, -1.0, 1.0)
-    vae = models.vae
-    shift = getattr(vae, "shift_factor", None) or 0.0
-    z = z / vae.scaling_factor + shift
-    n = z.shape[0]
-    chunk = min(chunk, n)
-    pad = (-n) % chunk
-    zp = jnp.concatenate([z, jnp.zeros((pad,) + z.shape[1:], z.dtype)]) if pad else z
-    zp = zp.reshape((-1, chunk) + z.shape[1:])
-    images = jax.lax.map(lambda c: _apply(vae, params["vae"], c, method=vae.decode), zp)
-    images = images.reshape((-1,) + images.shape[2:])[:n]
-    return jnp.clip(images.astype(jnp.float32), -1.0, 1.0)
-
-
-def context_dim(models: Models) -> int:
-    """Width of the cross-attention context (the UNet's `cross_attention_dim`)."""
-    return int(models.unet.cross_attention_dim)
-
-
-def _embedding(models: Models, params: dict, inputs: dict, batch: int) -> jax.Array:
-    """`[B, 1, D]` image embedding of the reference, or zeros when the model has no image encoder."""
-    if models.image_encoder is None or "clip_image" not in inputs:
-        return jnp.zeros((batch, 1, context_dim(models)), jnp.float32)
-    out = _image_embeds(_apply(models.image_encoder, params["image_encoder"], inputs["clip_image"]))
-    return out.reshape(batch, 1, -1).astype(jnp.float32)
-
-
-def _pose_features(models: Models, params: dict, poses: jax.Array | None) -> jax.Array | None:
-    if poses is None or models.pose_encoder is None:
-        return None
-    return _apply(models.pose_encoder, params["pose_encoder"], poses)
-
-
 @dataclasses.dataclass
 class Condition:
     """Everything the target pass needs besides the latent (built once, outside the denoising loop)."""
@@ -193,17 +128,15 @@ def _branch_embed(cfg: SamplingConfig, embed: jax.Array) -> jax.Array:
     return jnp.stack([embed, uncond], axis=1)
 
 
-def reference_pass(models: Models, params: dict, cfg: SamplingConfig, cond: Condition) -> Any:
-    """Runs the UNet once on the reference (`scd_mode="write"`) and returns the `ref_kv` cache."""
+def _reference_cache(models: Models, params: dict, cfg: SamplingConfig, cond: Condition) -> Any:
+    """The reference pass, once per sample (`scd.reference_pass`); batch `B * _ref_branches(cfg)`, branch-minor."""
     b = cond.z_ref.shape[0]
     nr = _ref_branches(cfg)
     rep = lambda x: None if x is None else jnp.repeat(x, nr, axis=0)  # noqa: E731  [B * nr], branch-minor
     ctx = _branch_embed(cfg, cond.embed)[:, :nr].reshape(b * nr, 1, -1)
     t_ref = jnp.full((b * nr,), cfg.ref_timestep, jnp.float32)
-    _, variables = _apply(models.unet, params["unet"], rep(cond.z_ref), t_ref, ctx,
-                          pose_features=rep(cond.ref_pose) if cfg.use_ref_pose else None,
-                          scd_mode="write", mutable=["ref_kv"])
-    return variables["ref_kv"]
+    return scd.reference_pass(models.unet, params["unet"], rep(cond.z_ref), ctx, t_ref=t_ref,
+                              pose_features=rep(cond.ref_pose))
 
 
 def _target_inputs(cfg: SamplingConfig, cond: Condition, start: int, width: int):
@@ -239,22 +172,15 @@ def _joint_call(models: Models, params: dict, cfg: SamplingConfig, cond: Conditi
     if nr == 1:  # the cached form builds one cache, with the conditional context, for both branches
         branch = jnp.broadcast_to(branch[:, :1], branch.shape)
     ref_ctx = jnp.broadcast_to(branch[:, :, None], (b, nb, width) + branch.shape[2:]).reshape(ctx.shape)
-    ref_pose = rep(cond.ref_pose) if (cfg.use_ref_pose and cond.ref_pose is not None) else None
-    if pose is None and ref_pose is None:
-        pose_all = None
-    else:
-        like = pose if pose is not None else ref_pose
-        pose_all = jnp.concatenate([ref_pose if ref_pose is not None else jnp.zeros_like(like),
-                                    pose if pose is not None else jnp.zeros_like(like)])
     if width > 1 and getattr(models.unet, "motion_modules", False):
         raise ValueError("mode='joint' pairs one reference copy with one target frame and cannot run temporal "
                          f"(motion) layers over {width} frames; use mode='cached'")
     # Without temporal layers frames are independent batch entries, so the joint pass takes them as num_frames=1.
-    t_all = jnp.concatenate([jnp.full_like(tt, cfg.ref_timestep), tt])
-    out = _apply(models.unet, params["unet"], jnp.concatenate([rep(cond.z_ref), x]), t_all,
-                 jnp.concatenate([ref_ctx, ctx]), pose_features=pose_all, scd_mode="joint",
-                 ref_keep=_keep_or_none(cfg, keep))
-    return out[x.shape[0]:]
+    ref_pose = None if cond.ref_pose is None else rep(cond.ref_pose)
+    _, out = scd.joint_pass(models.unet, params["unet"], rep(cond.z_ref), x, tt, ctx, t_ref=cfg.ref_timestep,
+                            context_ref=ref_ctx, ref_pose_features=ref_pose, pose_features=pose,
+                            ref_keep=_keep_or_none(cfg, keep))
+    return out
 
 
 def window_prediction(models: Models, params: dict, cfg: SamplingConfig, cond: Condition, x_w: jax.Array,
@@ -267,8 +193,8 @@ def window_prediction(models: Models, params: dict, cfg: SamplingConfig, cond: C
     ctx, pose, keep = _target_inputs(cfg, cond, start, width)
     tt = jnp.full((n,), t, jnp.float32)
     if cfg.mode == "cached":
-        out = models.unet.apply({"params": params["unet"], "ref_kv": cond.cache}, x, tt, ctx, pose_features=pose,
-                                scd_mode="read", ref_keep=_keep_or_none(cfg, keep), num_frames=width)
+        out = scd.target_pass(models.unet, params["unet"], cond.cache, x, tt, ctx, pose_features=pose,
+                              ref_keep=_keep_or_none(cfg, keep), num_frames=width)
     else:
         out = _joint_call(models, params, cfg, cond, x, tt, ctx, pose, keep, width)
     out = out.astype(jnp.float32).reshape((b, nb) + x_w.shape[1:])
@@ -346,19 +272,19 @@ def prepare_condition(models: Models, cfg: SamplingConfig, params: dict, inputs:
     poses = inputs.get("poses")
     tgt_pose = None
     if poses is not None:
-        feats = _pose_features(models, params, poses.reshape((b * frames,) + poses.shape[2:]))
+        feats = models.pose(params, poses.reshape((b * frames,) + poses.shape[2:]))
         tgt_pose = feats.reshape((b, frames) + feats.shape[1:])
-    ref_pose = _pose_features(models, params, inputs.get("ref_pose")) if cfg.use_ref_pose else None
-    z_ref = encode_latents(models, params, ref)
+    ref_pose = models.pose(params, inputs.get("ref_pose")) if cfg.use_ref_pose else None
+    z_ref = models.encode(params, ref)  # the posterior mean: a deterministic reference latent
     if cfg.ref_timestep > 0:
         if sampler is None or rng is None:
             raise ValueError(f"ref_timestep={cfg.ref_timestep} needs the sampler (schedule) and an rng")
         acp = sampler.alphas_cumprod[cfg.ref_timestep]
         z_ref = jnp.sqrt(acp) * z_ref + jnp.sqrt(1.0 - acp) * jax.random.normal(rng, z_ref.shape, z_ref.dtype)
-    cond = Condition(z_ref=z_ref, ref_pose=ref_pose,
-                 embed=_embedding(models, params, inputs, b), tgt_pose=tgt_pose)
+    cond = Condition(z_ref=z_ref, ref_pose=ref_pose, embed=models.embed(params, inputs.get("clip_image"), b),
+                     tgt_pose=tgt_pose)
     if cfg.mode == "cached":
-        cond.cache = reference_pass(models, params, cfg, cond)
+        cond.cache = _reference_cache(models, params, cfg, cond)
     return cond
 
 
@@ -388,12 +314,12 @@ def generate(models: Models, cfg: SamplingConfig, params: dict, sampler: sampler
     noise = jax.random.normal(k_noise, shape, jnp.float32)
     clean = mask = None
     if inputs.get("tryon_person") is not None:
-        clean = encode_latents(models, params, inputs["tryon_person"])[:, None]
+        clean = models.encode(params, inputs["tryon_person"])[:, None]
         mask = latent_mask(inputs["tryon_mask"], z_ref.shape[1:3])[:, None]
     guidance = jnp.asarray(guidance, jnp.float32)
     model_fn = lambda x, t: video_prediction(models, params, cfg, cond, x, t, guidance)  # noqa: E731
     z = samplers.sample(sampler, model_fn, noise, rng=k_step, clean=clean, mask=mask, on_step=on_step)
-    images = decode_latents(models, params, z.reshape((b * frames,) + z.shape[2:]), cfg.decode_chunk)
+    images = models.decode(params, z.reshape((b * frames,) + z.shape[2:]), cfg.decode_chunk)
     return images.reshape((b, frames) + images.shape[1:])
 
 

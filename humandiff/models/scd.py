@@ -1,97 +1,174 @@
-"""Pure helpers for SCD's two equivalent forms: two-pass (reference cache) and joint single pass.
+"""The SCD model bundle and its two forms: the only reference-pass / target-pass / joint-pass code.
 
-- `reference_pass`: the reference latent (clean, t=0 by default) through the UNet with `scd_mode="write"`;
-  returns the cache (every spatial self-attention's reference K/V, a pytree).
+Training (`humandiff.training.step`), sampling (`humandiff.diffusion.pipeline`) and the trainer's evaluations all
+call these functions; the tests that prove the two forms equal call them too.
+
+- `Models`: the Linen modules of one SCD model (UNet, pose encoder, optional VAE and image encoder) with
+  `encode` / `decode` (VAE or pixel space), `embed` (image embedding or a zero context token) and `pose`.
+- `reference_pass`: the reference latent through the UNet with `scd_mode="write"`; returns the cache (every
+  spatial self-attention's reference K/V, a pytree).
 - `target_pass`: target latents with `scd_mode="read"`: target queries attend to `[K_ref ; K_tgt]`. The target
   batch may be a multiple of the cache batch (frames / CFG branches of one reference are contiguous).
-- `joint_pass`: `[ref ; tgt]` as one batch with `scd_mode="joint"` (block-causal or full, per the UNet's
-  `interaction`), returning both halves; used for training and to test the two-pass form.
+- `joint_pass`: `[ref ; tgt]` as one batch with `scd_mode="joint"` (block-causal or full attention, per the UNet's
+  `interaction`), returning both halves.
 
-Pose: if `pose_encoder` is given, rendered pose images are encoded and added at the UNet's injection point; the
-reference pose is added only when `use_ref_pose` (the paper's ablation switch).
+Under `interaction="causal"` the two forms are equal (outputs and gradients). Under `"full"` the reference sees the
+target, so no cache can stand for it: `reference_pass` refuses such a UNet and only the joint form runs.
+
+Pose features (the pose encoder's output) are added at the UNet's injection point; the caller decides whether the
+reference pass gets the reference pose's features (`model.use_ref_pose`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 PyTree = Any
 
 
-def encode_pose(pose_encoder: Any, pose_params: PyTree, pose: jax.Array | None) -> jax.Array | None:
-    """Pose images `[N, H, W, 3]` in [0, 1] -> features, or None without an encoder or pose."""
-    if pose_encoder is None or pose is None:
-        return None
-    return pose_encoder.apply({"params": pose_params}, pose)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a static argument of jitted functions
+class Models:
+    """The Linen modules of an SCD model. `pose_encoder`, `vae` and `image_encoder` may be None.
 
+    Parameters live in one dict `{"unet", "pose_encoder", "vae"?, "image_encoder"?}`; every method takes it.
+    """
 
-def _ref_features(pose_encoder, pose_params, ref_pose, use_ref_pose):
-    return encode_pose(pose_encoder, pose_params, ref_pose) if use_ref_pose else None
+    unet: nn.Module
+    pose_encoder: nn.Module | None = None
+    vae: nn.Module | None = None
+    image_encoder: nn.Module | None = None
+
+    @property
+    def context_dim(self) -> int:
+        """Width of the cross-attention context (the UNet's `cross_attention_dim`)."""
+        return int(self.unet.cross_attention_dim)
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels the UNet denoises (the VAE's latent channels, or 3 in pixel space)."""
+        return int(self.unet.in_channels)
+
+    @property
+    def downscale(self) -> int:
+        """Pixels per latent cell along each side (1 in pixel space)."""
+        return 1 if self.vae is None else 2 ** (len(self.vae.block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        """The VAE's latent scale (1 in pixel space)."""
+        return 1.0 if self.vae is None else float(self.vae.scaling_factor)
+
+    def _shift(self) -> float:
+        return float(getattr(self.vae, "shift_factor", None) or 0.0)
+
+    def encode(self, params: PyTree, images: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        """Images `[N, H, W, 3]` in [-1, 1] -> scaled latents (the images themselves without a VAE).
+
+        With `rng`, a sample of the VAE posterior (training: each step sees another latent of the same image, as in
+        Stable Diffusion fine-tuning); without it, the posterior mean (sampling: the reference and try-on latents are
+        deterministic). No gradient flows into the VAE.
+        """
+        if self.vae is None:
+            return images
+        mean, logvar = self.vae.apply({"params": params["vae"]}, images, method=self.vae.encode)
+        z = mean if rng is None else mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
+        return jax.lax.stop_gradient((z - self._shift()) * self.scaling_factor)
+
+    def decode(self, params: PyTree, z: jax.Array, chunk: int) -> jax.Array:
+        """Scaled latents `[N, h, w, C]` -> images `[N, H, W, 3]` clipped to [-1, 1], `chunk` entries per VAE call."""
+        if self.vae is None:
+            return jnp.clip(z, -1.0, 1.0)
+        z = z / self.scaling_factor + self._shift()
+        n = z.shape[0]
+        chunk = min(chunk, n)
+        pad = (-n) % chunk
+        zp = jnp.concatenate([z, jnp.zeros((pad,) + z.shape[1:], z.dtype)]) if pad else z
+        zp = zp.reshape((-1, chunk) + z.shape[1:])
+        images = jax.lax.map(lambda c: self.vae.apply({"params": params["vae"]}, c, method=self.vae.decode), zp)
+        images = images.reshape((-1,) + images.shape[2:])[:n]
+        return jnp.clip(images.astype(jnp.float32), -1.0, 1.0)
+
+    def embed(self, params: PyTree, clip_image: jax.Array | None, batch: int) -> jax.Array:
+        """`[B, 1, D]` float32 context: the image embedding of `clip_image` `[B, S, S, 3]` (CLIP-normalised), or a
+        zero token when the model has no image encoder. No gradient flows into the encoder."""
+        if self.image_encoder is None:
+            return jnp.zeros((batch, 1, self.context_dim), jnp.float32)
+        if clip_image is None:
+            raise ValueError("the model has an image encoder: its inputs need 'clip_image' (the reference, "
+                             "CLIP-preprocessed)")
+        emb = self.image_encoder.apply({"params": params["image_encoder"]}, clip_image).image_embeds
+        return jax.lax.stop_gradient(emb.astype(jnp.float32)).reshape(batch, 1, -1)
+
+    def pose(self, params: PyTree, poses: jax.Array | None) -> jax.Array | None:
+        """Pose images `[N, H, W, 3]` in [0, 1] -> features at latent resolution (None without poses or encoder)."""
+        if poses is None or self.pose_encoder is None:
+            return None
+        return self.pose_encoder.apply({"params": params["pose_encoder"]}, poses)
 
 
 def reference_pass(unet: Any, params: PyTree, z_ref: jax.Array, context: jax.Array, *,
-                   t_ref: jax.Array | float = 0.0, ref_pose: jax.Array | None = None, pose_encoder: Any = None,
-                   pose_params: PyTree = None, use_ref_pose: bool = True) -> PyTree:
+                   t_ref: jax.Array | float = 0.0, pose_features: jax.Array | None = None) -> PyTree:
     """Runs the reference pass and returns the K/V cache.
 
     Args:
-      unet: `UNet2DConditionModel`.
+      unet: `UNet2DConditionModel` (or a module with its SCD surface) with causal interaction.
       params: its params.
-      z_ref: reference latents `[B, h, w, C]` (scaled; clean by default).
+      z_ref: reference latents `[B, h, w, C]` (scaled; clean at `t_ref=0`).
       context: cross-attention context `[B, S, D]`.
       t_ref: reference timestep (scalar or `[B]`).
-      ref_pose: optional reference pose images `[B, H, W, 3]`.
-      pose_encoder, pose_params: optional `PoseEncoder` and its params.
-      use_ref_pose: add the reference pose features.
+      pose_features: optional reference pose features `[B, h', w', Cp]`.
 
     Returns:
       The cache: the `ref_kv` collection (a pytree of `k`, `v` `[B, L, H, D]` per self-attention).
+
+    Raises:
+      ValueError: the UNet has `interaction="full"` (its reference sees the target: use `joint_pass`).
     """
-    feats = _ref_features(pose_encoder, pose_params, ref_pose, use_ref_pose)
-    _, state = unet.apply({"params": params}, z_ref, t_ref, context, pose_features=feats, scd_mode="write",
+    if getattr(unet, "interaction", "causal") != "causal":
+        raise ValueError(f"interaction={unet.interaction!r}: the reference sees the target, so its K/V cannot be "
+                         "computed once and cached; use the joint form (train.form='joint', sampling mode='joint')")
+    _, state = unet.apply({"params": params}, z_ref, t_ref, context, pose_features=pose_features, scd_mode="write",
                           mutable=["ref_kv"])
     return state["ref_kv"]
 
 
 def target_pass(unet: Any, params: PyTree, cache: PyTree, z_tgt: jax.Array, t: jax.Array | float,
-                context: jax.Array, *, tgt_pose: jax.Array | None = None, pose_encoder: Any = None,
-                pose_params: PyTree = None, ref_keep: jax.Array | None = None, num_frames: int = 1) -> jax.Array:
+                context: jax.Array, *, pose_features: jax.Array | None = None, ref_keep: jax.Array | None = None,
+                num_frames: int = 1) -> jax.Array:
     """Target pass reading the reference cache; returns the UNet prediction `[Bt, h, w, C]`.
 
     Args:
       unet, params: the UNet and its params.
-      cache: from `reference_pass` (batch `Br`, with `Bt % Br == 0`).
+      cache: from `reference_pass` (batch `Br`, with `Bt % Br == 0`; consecutive target entries share a reference).
       z_tgt: noisy target latents `[Bt, h, w, C]`.
       t: timestep(s).
       context: `[Bt, S, D]`.
-      tgt_pose: optional target pose images `[Bt, H, W, 3]`.
-      pose_encoder, pose_params: optional pose encoder.
-      ref_keep: optional bool `[Bt]`; False drops the reference for that entry.
-      num_frames: frames per video (`Bt = B * num_frames`).
+      pose_features: optional target pose features `[Bt, h', w', Cp]`.
+      ref_keep: optional bool `[Bt]`; False hides the reference from that entry.
+      num_frames: frames per video (`Bt = B * num_frames`) for the temporal layers.
     """
-    feats = encode_pose(pose_encoder, pose_params, tgt_pose)
-    return unet.apply({"params": params, "ref_kv": cache}, z_tgt, t, context, pose_features=feats,
+    return unet.apply({"params": params, "ref_kv": cache}, z_tgt, t, context, pose_features=pose_features,
                       scd_mode="read", ref_keep=ref_keep, num_frames=num_frames)
 
 
 def joint_pass(unet: Any, params: PyTree, z_ref: jax.Array, z_tgt: jax.Array, t: jax.Array | float,
                context: jax.Array, *, t_ref: jax.Array | float = 0.0, context_ref: jax.Array | None = None,
-               ref_pose: jax.Array | None = None, tgt_pose: jax.Array | None = None, pose_encoder: Any = None,
-               pose_params: PyTree = None, use_ref_pose: bool = True,
+               ref_pose_features: jax.Array | None = None, pose_features: jax.Array | None = None,
                ref_keep: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Single pass over `[ref ; tgt]` (B pairs); returns `(out_ref, out_tgt)`, each `[B, h, w, C]`.
 
     Args:
-      unet, params: the UNet (its `interaction` picks causal or full) and params.
+      unet, params: the UNet (its `interaction` picks block-causal or full attention) and params.
       z_ref, z_tgt: `[B, h, w, C]` each.
       t: target timestep(s) (scalar or `[B]`); t_ref: reference timestep(s).
       context: target context `[B, S, D]`; context_ref: reference context (default: `context`).
-      ref_pose, tgt_pose: optional pose images `[B, H, W, 3]`.
-      pose_encoder, pose_params: optional pose encoder.
-      use_ref_pose: add the reference pose features.
+      ref_pose_features, pose_features: optional pose features of the reference and of the target; when only one
+        is given, the other half gets zeros (the same as adding nothing).
       ref_keep: optional bool `[B]`.
     """
     b = z_ref.shape[0]
@@ -101,13 +178,10 @@ def joint_pass(unet: Any, params: PyTree, z_ref: jax.Array, z_tgt: jax.Array, t:
     timesteps = jnp.concatenate([per_entry(t_ref), per_entry(t)])
     ctx = jnp.concatenate([context if context_ref is None else context_ref, context])
     feats = None
-    tgt_feats = encode_pose(pose_encoder, pose_params, tgt_pose)
-    if tgt_feats is not None:
-        ref_feats = _ref_features(pose_encoder, pose_params, ref_pose, use_ref_pose)
-        feats = jnp.concatenate([jnp.zeros_like(tgt_feats) if ref_feats is None else ref_feats, tgt_feats])
-    elif use_ref_pose and ref_pose is not None and pose_encoder is not None:
-        ref_feats = encode_pose(pose_encoder, pose_params, ref_pose)
-        feats = jnp.concatenate([ref_feats, jnp.zeros_like(ref_feats)])
+    if ref_pose_features is not None or pose_features is not None:
+        like = pose_features if pose_features is not None else ref_pose_features
+        zero = lambda f: jnp.zeros_like(like) if f is None else f  # noqa: E731
+        feats = jnp.concatenate([zero(ref_pose_features), zero(pose_features)])
     out = unet.apply({"params": params}, jnp.concatenate([z_ref, z_tgt]), timesteps, ctx, pose_features=feats,
                      scd_mode="joint", ref_keep=ref_keep)
     return out[:b], out[b:]

@@ -29,7 +29,7 @@ import numpy as np
 
 from humandiff.diffusion import media
 from humandiff.training import optim
-from humandiff.training.modeling import Models
+from humandiff.models.scd import Models
 
 
 def held_out_inputs(config, num_videos: int, num_frames: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -82,9 +82,7 @@ def make_sampler_fn(models: Models, config, mesh: jax.sharding.Mesh | None = Non
                                   mode="joint" if config.model.interaction == "full" else "cached")
     sampler = samplers.make_sampler(make_schedule(config).config, config.sample.sampler, config.sample.num_steps,
                                     spacing=config.sample.timestep_spacing)
-    generate = pipeline.make_generator(pipeline.Models(unet=models.unet, pose_encoder=models.pose_encoder,
-                                                       vae=models.vae, image_encoder=models.image_encoder), cfg,
-                                        mesh=mesh)
+    generate = pipeline.make_generator(models, cfg, mesh=mesh)
     return lambda params, inputs, rng, guidance: generate(params, sampler, inputs, rng, guidance)
 
 

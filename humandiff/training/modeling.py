@@ -1,4 +1,4 @@
-"""The module bundle a training run needs, built from `config.model`, and its parameter initialisation.
+"""The module bundle (`humandiff.models.scd.Models`) a run's config describes, and its parameter initialisation.
 
 Parameters live in one nested dict `{"unet", "pose_encoder", "vae"?, "image_encoder"?}` whose paths are what the
 trainable/frozen regexes and the sharding rules see ("unet/down_blocks_0/resnets_0/conv1/kernel").
@@ -6,7 +6,6 @@ trainable/frozen regexes and the sharding rules see ("unet/down_blocks_0/resnets
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -14,27 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from humandiff.models.scd import Models
 from humandiff.ops.attention_config import DEFAULT_CONFIG, AttentionConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class Models:
-    """Linen modules used by the train step and the sampler (static; hashable by identity)."""
-
-    unet: nn.Module
-    pose_encoder: nn.Module
-    vae: nn.Module | None = None
-    image_encoder: nn.Module | None = None
-    context_dim: int = 768  # cross-attention width (zero token when there is no image encoder)
-    latent_channels: int = 4  # channels the UNet denoises (3 in pixel space)
-    downscale: int = 1  # pixels per latent cell (8 with the SD VAE)
-    scaling_factor: float = 1.0  # VAE latent scaling (1 in pixel space)
-
-    def __hash__(self):
-        return id(self)
-
-    def __eq__(self, other):
-        return self is other
 
 
 def compute_dtype(config) -> jnp.dtype:
@@ -69,26 +49,21 @@ def build(config, *, vae: nn.Module | None = None,
         unet, pretrained["unet"] = load_unet(m.unet_dir, motion_adapter=m.motion_modules_path or None, **scd)
     else:
         unet = UNet2DConditionModel(**_plain(m.unet), **scd)
-    scaling, downscale = 1.0, 1
     if vae is None and m.vae_dir:
         from humandiff.weights.diffusers import load_vae
         vae, pretrained["vae"] = load_vae(m.vae_dir)
-    if vae is not None:
-        scaling, downscale = float(vae.scaling_factor), 2 ** (len(vae.block_out_channels) - 1)
     if image_encoder is None and m.image_encoder_dir:
         from humandiff.weights.clip import load_image_encoder
         image_encoder, pretrained["image_encoder"] = load_image_encoder(m.image_encoder_dir, dtype=dtype,
                                                                         attention_impl=m.attention_impl)
     pose_channels = unet.block_out_channels[0] if m.pose_injection == "conv_in" else unet.in_channels
     pose_encoder = PoseEncoder(out_channels=pose_channels, dtype=dtype, **_plain(m.pose_encoder))
-    if pose_encoder.downsample_factor != downscale:
+    models = Models(unet=unet, pose_encoder=pose_encoder, vae=vae, image_encoder=image_encoder)
+    if pose_encoder.downsample_factor != models.downscale:
         raise ValueError(f"config.model.pose_encoder.block_out_channels={tuple(m.pose_encoder.block_out_channels)} "
-                         f"downsamples {pose_encoder.downsample_factor}x but latents are {downscale}x smaller than "
-                         f"pixels ({'VAE' if vae is not None else 'pixel space'}): use "
-                         f"{int(np.log2(downscale)) + 1} stages")
-    models = Models(unet=unet, pose_encoder=pose_encoder, vae=vae, image_encoder=image_encoder,
-                    context_dim=int(unet.cross_attention_dim), latent_channels=int(unet.in_channels),
-                    downscale=downscale, scaling_factor=scaling)
+                         f"downsamples {pose_encoder.downsample_factor}x but latents are {models.downscale}x smaller "
+                         f"than pixels ({'VAE' if vae is not None else 'pixel space'}): use "
+                         f"{int(np.log2(models.downscale)) + 1} stages")
     return models, pretrained
 
 

@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from humandiff.diffusion import losses, schedules
+from humandiff.models import scd
+from humandiff.models.scd import Models
 from humandiff.training import optim
-from humandiff.training.modeling import Models
 
 State = dict[str, Any]
 
@@ -50,33 +51,9 @@ def _flat_frames(x: jax.Array, video: bool) -> jax.Array:
     return x.reshape((-1,) + x.shape[2:]) if video else x
 
 
-def _encode(models: Models, params: Any, x: jax.Array, rng: jax.Array) -> jax.Array:
-    """Images `[N,H,W,3]` in [-1, 1] -> latents (sampled from the VAE posterior, scaled); identity without a VAE."""
-    if models.vae is None:
-        return x
-    mean, logvar = models.vae.apply({"params": params["vae"]}, x, method=models.vae.encode)
-    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
-    return jax.lax.stop_gradient(z * models.scaling_factor)
-
-
-def _context(models: Models, params: Any, batch: dict, keep: jax.Array) -> jax.Array:
-    """`[B, 1, D]` cross-attention context: the reference's image embedding, zero where the condition is dropped."""
-    b = keep.shape[0]
-    if models.image_encoder is None:
-        return jnp.zeros((b, 1, models.context_dim), jnp.float32)
-    out = models.image_encoder.apply({"params": params["image_encoder"]}, batch["clip_image"])
-    emb = out["image_embeds"] if isinstance(out, dict) else getattr(out, "image_embeds", out)
-    emb = jax.lax.stop_gradient(emb.astype(jnp.float32))
-    return (emb * keep[:, None].astype(emb.dtype))[:, None, :]
-
-
-def _pose(models: Models, params: Any, pose: jax.Array) -> jax.Array:
-    return models.pose_encoder.apply({"params": params["pose_encoder"]}, pose)
-
-
 def predict_target(models: Models, config, params: Any, batch: dict, z_ref: jax.Array, z_t: jax.Array,
                    t: jax.Array, context: jax.Array, keep: jax.Array) -> jax.Array:
-    """Runs the reference and target passes (two-pass or joint) and returns the target prediction.
+    """The SCD forward of one batch in the form `train.form` names; returns the target prediction.
 
     Args:
       models: the module bundle.
@@ -86,7 +63,7 @@ def predict_target(models: Models, config, params: Any, batch: dict, z_ref: jax.
       z_ref: reference input latents `[B, h, w, C]` (already noised to `ref_timestep` when it is > 0).
       z_t: noisy target latents `[B*F, h, w, C]`.
       t: target timesteps `[B*F]`.
-      context: `[B, 1, D]` cross-attention context per reference.
+      context: `[B, 1, D]` cross-attention context per reference (zero where the condition is dropped).
       keep: bool `[B]`, False where the reference is dropped.
 
     Returns:
@@ -95,54 +72,69 @@ def predict_target(models: Models, config, params: Any, batch: dict, z_ref: jax.
     b = z_ref.shape[0]
     frames = z_t.shape[0] // b
     video = batch["tgt_pose"].ndim == 5
-    unet = models.unet
-    pose_tgt = _pose(models, params, _flat_frames(batch["tgt_pose"], video))
-    pose_ref = _pose(models, params, batch["ref_pose"]) if config.model.use_ref_pose else None
+    pose_tgt = models.pose(params, _flat_frames(batch["tgt_pose"], video))
+    pose_ref = models.pose(params, batch["ref_pose"]) if config.model.use_ref_pose else None
     t_ref = jnp.full((b,), config.diffusion.ref_timestep, jnp.int32)
-    rep = lambda x: jnp.repeat(x, frames, axis=0)  # noqa: E731 - per-reference value for each of its frames
     if config.train.form == "joint":
-        if pose_ref is None:
-            pose_ref = jnp.zeros_like(pose_tgt)
-        out = unet.apply({"params": params["unet"]}, jnp.concatenate([z_ref, z_t]), jnp.concatenate([t_ref, t]),
-                         jnp.concatenate([context, context]),
-                         pose_features=jnp.concatenate([pose_ref, pose_tgt]), scd_mode="joint", ref_keep=keep)
-        return out[b:]
-    _, cache = unet.apply({"params": params["unet"]}, z_ref, t_ref, context, pose_features=pose_ref,
-                          scd_mode="write", mutable=["ref_kv"])
-    return unet.apply({"params": params["unet"], "ref_kv": cache["ref_kv"]}, z_t, t, rep(context),
-                      pose_features=pose_tgt, scd_mode="read", ref_keep=rep(keep), num_frames=frames)
+        _, out = scd.joint_pass(models.unet, params["unet"], z_ref, z_t, t, context, t_ref=t_ref,
+                                ref_pose_features=pose_ref, pose_features=pose_tgt, ref_keep=keep)
+        return out
+    rep = lambda x: jnp.repeat(x, frames, axis=0)  # noqa: E731 - per-reference value for each of its frames
+    cache = scd.reference_pass(models.unet, params["unet"], z_ref, context, t_ref=t_ref, pose_features=pose_ref)
+    return scd.target_pass(models.unet, params["unet"], cache, z_t, t, rep(context), pose_features=pose_tgt,
+                           ref_keep=rep(keep), num_frames=frames)
 
 
-def compute_loss(models: Models, config, schedule: schedules.Schedule, params: Any, batch: dict,
-                 rng: jax.Array) -> tuple[jax.Array, dict]:
-    """Scalar training loss (target only) and auxiliary metrics for one batch."""
+def draw(config, schedule: schedules.Schedule, batch: dict, rng: jax.Array) -> dict:
+    """The random draws of one step: `vae_ref`/`vae_tgt` keys (VAE posterior samples), `noise` (with offset),
+    timesteps `t` `[B]`, `ref_noise` (used when `diffusion.ref_timestep > 0`).
+
+    Latent shapes come from the batch alone: the UNet's latents have `latent_channels` and `1/downscale` the size.
+    """
     k_vae, k_noise, k_t, k_ref = jax.random.split(rng, 4)
+    k_vae_ref, k_vae_tgt = jax.random.split(k_vae)
+    return {"vae_ref": k_vae_ref, "vae_tgt": k_vae_tgt, "noise_key": k_noise, "ref_key": k_ref,
+            "t": schedules.sample_timesteps(k_t, batch["ref_image"].shape[0], schedule)}
+
+
+def loss_given(models: Models, config, schedule: schedules.Schedule, params: Any, batch: dict,
+               draws: dict) -> tuple[jax.Array, dict]:
+    """Scalar training loss (target only) and auxiliary metrics for one batch and fixed random draws.
+
+    `draws` holds `vae_ref`, `vae_tgt` (keys, or None for the posterior mean), `t` `[B]`, and either `noise`
+    (the target noise) or `noise_key`, and either `ref_noise` or `ref_key` (see `draw`).
+    """
     keep = ~batch["drop_cond"].astype(bool)
     video = batch["tgt_image"].ndim == 5
     b = batch["ref_image"].shape[0]
     frames = batch["tgt_image"].shape[1] if video else 1
-    k_vae_ref, k_vae_tgt = jax.random.split(k_vae)
-    z_ref = _encode(models, params, batch["ref_image"], k_vae_ref)
-    z0 = _encode(models, params, _flat_frames(batch["tgt_image"], video), k_vae_tgt)
+    z_ref = models.encode(params, batch["ref_image"], draws["vae_ref"])
+    z0 = models.encode(params, _flat_frames(batch["tgt_image"], video), draws["vae_tgt"])
     z0 = z0.reshape((b, frames) + z0.shape[1:]) if video else z0
-    noise = schedules.sample_noise(k_noise, z0.shape, config.diffusion.noise_offset)
-    t = schedules.sample_timesteps(k_t, b, schedule)
+    noise = draws["noise"] if "noise" in draws else schedules.sample_noise(draws["noise_key"], z0.shape,
+                                                                           config.diffusion.noise_offset)
+    t = draws["t"]
     mask = None
     if config.task == "tryon":
-        mask = schedules.latent_mask(batch["tryon_mask"], z0.shape[1:3])
+        mask = schedules.latent_mask(batch["tryon_mask"], z0.shape[1:3])  # images only (config_lib.validate)
         z_t = schedules.q_sample_masked(schedule, z0, noise, t, mask)
     else:
         z_t = schedules.q_sample(schedule, z0, noise, t)
     if config.diffusion.ref_timestep > 0:
         t_ref = jnp.full((b,), config.diffusion.ref_timestep, jnp.int32)
-        z_ref = schedules.q_sample(schedule, z_ref, jax.random.normal(k_ref, z_ref.shape), t_ref)
-    context = _context(models, params, batch, keep)
+        ref_noise = draws["ref_noise"] if "ref_noise" in draws else jax.random.normal(draws["ref_key"], z_ref.shape)
+        z_ref = schedules.q_sample(schedule, z_ref, ref_noise, t_ref)
+    context = models.embed(params, batch.get("clip_image"), b) * keep[:, None, None]
     pred = predict_target(models, config, params, batch, z_ref, _flat_frames(z_t, video),
                           jnp.repeat(t, frames), context, keep)
-    pred = pred.reshape(z0.shape)
     gamma = config.diffusion.snr_gamma or None
-    loss, aux = losses.diffusion_loss(schedule, pred, z0, noise, t, snr_gamma=gamma, mask=mask)
-    return loss, aux
+    return losses.diffusion_loss(schedule, pred.reshape(z0.shape), z0, noise, t, snr_gamma=gamma, mask=mask)
+
+
+def compute_loss(models: Models, config, schedule: schedules.Schedule, params: Any, batch: dict,
+                 rng: jax.Array) -> tuple[jax.Array, dict]:
+    """Scalar training loss (target only) and auxiliary metrics for one batch; the draws come from `rng`."""
+    return loss_given(models, config, schedule, params, batch, draw(config, schedule, batch, rng))
 
 
 def make_train_step(models: Models, config, tx: optim.AdamW,

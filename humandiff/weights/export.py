@@ -49,7 +49,7 @@ class Trained:
 
     Attributes:
       config: the training config (ConfigDict).
-      models: `humandiff.training.modeling.Models` built from it.
+      models: `humandiff.models.scd.Models` built from it.
       params: full parameter tree `{"unet", "pose_encoder", "vae"?, "image_encoder"?}` (host arrays).
       step: checkpoint step.
       ema: whether `params` holds the EMA weights of the trainable part.

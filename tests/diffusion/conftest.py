@@ -10,6 +10,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from humandiff.models.clip_vision import CLIPVisionOutput
 from humandiff.ops import attention as attn_ops
 
 
@@ -124,14 +125,15 @@ class TinyVAE(nn.Module):
 
 
 class TinyImageEncoder(nn.Module):
-    """[B, 224, 224, 3] -> {"image_embeds": [B, proj]} (average pool + Dense)."""
+    """[B, 224, 224, 3] -> `CLIPVisionOutput` with `image_embeds` [B, proj] (average pool + Dense)."""
 
     projection_dim: int = 8
 
     @nn.compact
     def __call__(self, x):
         pooled = x.reshape(x.shape[0], 8, x.shape[1] // 8, 8, x.shape[2] // 8, 3).mean(axis=(2, 4))
-        return {"image_embeds": nn.Dense(self.projection_dim)(pooled.reshape(x.shape[0], -1))}
+        embeds = nn.Dense(self.projection_dim)(pooled.reshape(x.shape[0], -1))
+        return CLIPVisionOutput(image_embeds=embeds, last_hidden_state=None, pooler_output=None)
 
 
 def random_params(module: nn.Module, seed: int, *args, **kwargs):
@@ -156,7 +158,7 @@ def random_params(module: nn.Module, seed: int, *args, **kwargs):
 
 def build_tiny(seed=0, *, vae=True, clip=True, size=16, interaction="causal", temporal=True):
     """Returns `(Models, params)` of a tiny random SCD model (latent = size/2 with a VAE, else pixel space)."""
-    from humandiff.diffusion.pipeline import Models
+    from humandiff.models.scd import Models
 
     channels = 16
     latent_c = 4 if vae else 3

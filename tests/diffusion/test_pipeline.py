@@ -96,6 +96,7 @@ def test_windows_cover_every_frame():
 
 def test_long_video_windows(tiny, ddim):
     models, params = tiny
+    models = dataclasses.replace(models, image_encoder=None)  # a model without CLIP: no clip_image to feed
     inputs = _inputs(b=1, frames=7, clip=False)
     one_window, _ = _run(models, params, SamplingConfig(window=7, overlap=0), ddim, inputs)
     bigger, _ = _run(models, params, SamplingConfig(window=16, overlap=4), ddim, inputs)
@@ -110,7 +111,7 @@ def test_windows_fuse_exactly_without_temporal_mixing(tiny):
     # With no cross-frame layers every window predicts each frame identically, so the fused guided model output
     # must equal the one-window output. One denoising step, called directly (no sampler loop to compile).
     models, params = tiny
-    models = dataclasses.replace(models, unet=models.unet.clone(temporal=False))
+    models = dataclasses.replace(models, unet=models.unet.clone(temporal=False), image_encoder=None)
     inputs = _inputs(b=1, frames=6, clip=False)
     x = jnp.asarray(np.random.default_rng(5).standard_normal((1, 6, SIZE // 2, SIZE // 2, 4)), jnp.float32)
 
@@ -124,6 +125,12 @@ def test_windows_fuse_exactly_without_temporal_mixing(tiny):
     fused = predict(SamplingConfig(window=4, overlap=3, fusion="tent"))
     assert pipeline.window_starts(6, 4, 3) == [0, 1, 2]
     assert np.abs(fused - whole).max() <= 1e-5
+
+
+def test_a_model_with_an_image_encoder_needs_clip_image(tiny, ddim):
+    models, params = tiny
+    with pytest.raises(ValueError, match="image encoder.*clip_image"):
+        _run(models, params, SamplingConfig(), ddim, _inputs(b=1, clip=False))
 
 
 def test_tryon_pixel_space_keeps_unmasked_region(tiny_builder):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from humandiff.models import unet as unet_mod
 
 from humandiff.diffusion import pipeline, samplers  # noqa: E402
+from humandiff.models.scd import Models  # noqa: E402
 from humandiff.diffusion.schedules import ScheduleConfig  # noqa: E402
 from humandiff.models.init import numpy_init  # noqa: E402
 from humandiff.models.pose_encoder import PoseEncoder  # noqa: E402
@@ -27,7 +28,7 @@ def _models():
         "unet": numpy_init(unet, jnp.zeros((1, SIZE, SIZE, 3)), jnp.zeros((1,)), jnp.zeros((1, 1, 8)), seed=0),
         "pose_encoder": numpy_init(pose, jnp.zeros((1, SIZE, SIZE, 3)), seed=1),
     }
-    return pipeline.Models(unet=unet, pose_encoder=pose), params
+    return Models(unet=unet, pose_encoder=pose), params
 
 
 def _inputs():
@@ -62,6 +63,6 @@ def test_joint_mode_refuses_motion_modules_over_frames():
         attention_head_dim=2, norm_num_groups=8, motion_modules=True, motion_num_attention_heads=2,
         motion_max_seq_length=4)
     models, params = _models()
-    models = pipeline.Models(unet=unet, pose_encoder=models.pose_encoder)
+    models = Models(unet=unet, pose_encoder=models.pose_encoder)
     with pytest.raises(ValueError, match="use mode='cached'"):
         _sample(models, params, pipeline.SamplingConfig(mode="joint"))  # raised while tracing, before any compile

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from humandiff.diffusion import pipeline
+from humandiff.models.scd import Models
 
 from humandiff.diffusion import samplers  # noqa: E402
 from humandiff.diffusion.schedules import ScheduleConfig  # noqa: E402
@@ -37,7 +38,7 @@ def test_40_frames_through_overlapping_windows_with_motion_modules():
     cfg = pipeline.SamplingConfig(window=WINDOW, overlap=OVERLAP, fusion="tent")
     assert pipeline.window_starts(FRAMES, WINDOW, OVERLAP) == [0, 12, 24]  # three windows cover 40 frames
     sampler = samplers.make_sampler(ScheduleConfig(zero_terminal_snr=True, prediction_type="v_prediction"), "ddim", 2)
-    generate = pipeline.make_generator(pipeline.Models(unet=unet, pose_encoder=pose), cfg)
+    generate = pipeline.make_generator(Models(unet=unet, pose_encoder=pose), cfg)
     video = np.asarray(generate(params, sampler, inputs, jax.random.key(0), 3.0))
     assert video.shape == (1, FRAMES, SIZE, SIZE, 3) and np.isfinite(video).all()
     plain = np.asarray(generate(still, sampler, inputs, jax.random.key(0), 3.0))

@@ -26,6 +26,7 @@ FRAMES, WINDOW, OVERLAP, STEPS, GUIDANCE = 5, 3, 1, 3, 2.0
 @pytest.mark.slow  # one video sampler compile (~30-60 s on a busy 2-core CPU)
 def test_video_export_samples_like_jax(tmp_path):
     from humandiff.diffusion import loading, pipeline, samplers  # noqa: PLC0415
+    from humandiff.models.scd import Models  # noqa: PLC0415
 
     config = tiny_config()
     config.model.unet_extra = {"motion_modules": True, "motion_num_attention_heads": (2, 4),
@@ -38,7 +39,7 @@ def test_video_export_samples_like_jax(tmp_path):
 
     unet, unet_params = load_unet(str(out / "unet"), motion_adapter=str(out / "motion_adapter"))
     pose, pose_params = loading.load_pose_encoder(str(out / "pose_encoder"))
-    models = pipeline.Models(unet=unet, pose_encoder=pose)
+    models = Models(unet=unet, pose_encoder=pose)
     schedule = loading.load_checkpoint(str(out)).schedule
     sampler = samplers.make_sampler(schedule, "ddim", STEPS, spacing="trailing")
     rng = np.random.default_rng(0)

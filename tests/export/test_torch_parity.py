@@ -101,14 +101,15 @@ def test_scd_reference_path_matches_jax(tiny_ckpt, pipe, inputs):
     z_t = rng.standard_normal((4, 16, 16, 3)).astype(np.float32)
     t = np.array([700.0, 700.0, 100.0, 100.0], np.float32)
     keep = np.array([True, False, True, True])
-    kw = dict(pose_encoder=models.pose_encoder, pose_params=params["pose_encoder"])
-
     @jax.jit
     def jax_scd(p):
-        cache = scd.reference_pass(models.unet, p, z_ref, ctx_ref, t_ref=0.0, ref_pose=ref_pose, **kw)
-        return cache, scd.target_pass(models.unet, p, cache, z_t, t, ctx, tgt_pose=tgt_pose, ref_keep=keep, **kw)
+        cache = scd.reference_pass(models.unet, p["unet"], z_ref, ctx_ref, t_ref=0.0,
+                                   pose_features=models.pose(p, ref_pose))
+        out = scd.target_pass(models.unet, p["unet"], cache, z_t, t, ctx, pose_features=models.pose(p, tgt_pose),
+                              ref_keep=keep)
+        return cache, out
 
-    cache, out = jax_scd(params["unet"])
+    cache, out = jax_scd(params)
     with torch.no_grad():
         pose_enc = pipe.pose_encoder
         pipe.unet(nchw(z_ref), 0.0, torch.from_numpy(ctx_ref), pose_features=pose_enc(nchw(ref_pose)),

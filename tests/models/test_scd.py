@@ -42,15 +42,16 @@ def setup():
 
 
 def _two_pass(unet, pose_enc, params, pose_params, d, ref_keep):
-    cache = scd.reference_pass(unet, params, d["z_ref"], d["ctx"], ref_pose=d["ref_pose"], pose_encoder=pose_enc,
-                               pose_params=pose_params)
-    return scd.target_pass(unet, params, cache, d["z_tgt"], d["t"], d["ctx"], tgt_pose=d["tgt_pose"],
-                           pose_encoder=pose_enc, pose_params=pose_params, ref_keep=ref_keep)
+    feats = lambda pose: pose_enc.apply({"params": pose_params}, pose)  # noqa: E731
+    cache = scd.reference_pass(unet, params, d["z_ref"], d["ctx"], pose_features=feats(d["ref_pose"]))
+    return scd.target_pass(unet, params, cache, d["z_tgt"], d["t"], d["ctx"], pose_features=feats(d["tgt_pose"]),
+                           ref_keep=ref_keep)
 
 
 def _joint(unet, pose_enc, params, pose_params, d, ref_keep):
-    return scd.joint_pass(unet, params, d["z_ref"], d["z_tgt"], d["t"], d["ctx"], ref_pose=d["ref_pose"],
-                          tgt_pose=d["tgt_pose"], pose_encoder=pose_enc, pose_params=pose_params,
+    feats = lambda pose: pose_enc.apply({"params": pose_params}, pose)  # noqa: E731
+    return scd.joint_pass(unet, params, d["z_ref"], d["z_tgt"], d["t"], d["ctx"],
+                          ref_pose_features=feats(d["ref_pose"]), pose_features=feats(d["tgt_pose"]),
                           ref_keep=ref_keep)[1]
 
 
@@ -82,6 +83,13 @@ def test_two_pass_equals_joint_outputs_and_grads(setup):
     assert float(jnp.abs(g1[1]["conv_out"]["kernel"]).max()) > 0
 
 
+def test_reference_pass_refuses_full_interaction(setup):
+    _, _, params, _, _, d = setup
+    unet = UNet2DConditionModel(**TINY, interaction="full")
+    with pytest.raises(ValueError, match="interaction='full'.*joint form"):
+        scd.reference_pass(unet, params, d["z_ref"], d["ctx"])
+
+
 @pytest.mark.parametrize("interaction,changes", [("causal", False), ("full", True)])
 def test_reference_half_sees_target_only_under_full(setup, interaction, changes):
     _, _, params, _, _, d = setup
@@ -103,8 +111,7 @@ def test_pose_encoder_zero_at_init_and_empty_reference_is_plain_unet(setup):
     plain = jax.jit(unet.apply)({"params": params}, d["z_tgt"], d["t"], d["ctx"])
     cache = jax.jit(lambda: scd.reference_pass(unet, params, d["z_ref"], d["ctx"]))()
     target = jax.jit(lambda c, keep: scd.target_pass(unet, params, c, d["z_tgt"], d["t"], d["ctx"],
-                                                    tgt_pose=d["tgt_pose"], pose_encoder=pose_enc,
-                                                    pose_params=pose_params0, ref_keep=keep))
+                                                    pose_features=feats, ref_keep=keep))
     empty = target(scd.empty_cache(cache), jnp.ones((B,), bool))
     dropped = target(cache, jnp.zeros((B,), bool))
     np.testing.assert_allclose(empty, plain, rtol=0, atol=1e-5 * float(jnp.abs(plain).max()))
