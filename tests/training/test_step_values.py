@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from humandiff import config_lib
+from humandiff.models import scd
 from humandiff.models.clip_vision import CLIPVisionConfig, CLIPVisionModelWithProjection
 from humandiff.models.init import numpy_init
 from humandiff.models.vae import AutoencoderKL
@@ -220,3 +221,78 @@ def test_models_bundle_is_hashed_by_identity():
     models = modeling.build(config)[0]
     twin = dataclasses.replace(models)
     assert models == models and models != twin and hash(models) != hash(twin)
+
+
+def _loss(config, params=None, batch=None, models=None):
+    models = models or modeling.build(config)[0]
+    params = params if params is not None else _params(models, config)
+    batch = batch if batch is not None else _batch()
+    fn = jax.jit(lambda p, b: step.compute_loss(models, config, step.make_schedule(config), p, b,
+                                                jax.random.key(3))[0])
+    return float(fn(params, batch)), models, params
+
+
+def test_interaction_full_trains_full_attention():
+    """`interaction=full` is what the train step computes: another loss than causal on the same seed and batch;
+    the reference half of the trained model's joint pass sees the target under full, and is bit-identical under
+    causal when only the target changes. Full with the two-pass form is refused at start-up."""
+    with pytest.raises(config_lib.ConfigError, match=r"train\.form.*model\.interaction='full'"):
+        config_lib.validate(_config(**{"model.interaction": "full"}))
+    demo = config_lib.load("configs/demo.py:interaction=full")
+    assert (demo.model.interaction, demo.train.form) == ("full", "joint")
+    with pytest.raises(config_lib.ConfigError, match="train.form"):
+        config_lib.validate(config_lib.load("configs/demo.py:interaction=full,form=two_pass"))
+    losses, runs = {}, {}
+    for interaction in ("causal", "full"):
+        config = _config(**{"model.interaction": interaction, "train.form": "joint"})
+        config_lib.validate(config)
+        losses[interaction], models, params = _loss(config)
+        assert models.unet.interaction == interaction
+        batch = _batch()
+        z = models.encode(params, batch["tgt_image"])
+        run = jax.jit(lambda zt, models=models: scd.joint_pass(
+            models.unet, params["unet"], models.encode(params, batch["ref_image"]), zt, jnp.full((B,), 500.0),
+            models.embed(params, None, B))[0])
+        runs[interaction] = np.asarray(run(z)), np.asarray(run(z + 1.0))
+    assert abs(losses["full"] - losses["causal"]) > 1e-4 * losses["causal"], losses
+    assert np.array_equal(*runs["causal"])
+    assert np.abs(runs["full"][0] - runs["full"][1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("key,value", [
+    ("model.use_ref_pose", False),
+    ("diffusion.ref_timestep", 400),
+    ("diffusion.snr_gamma", 5.0),
+    ("diffusion.noise_offset", 0.0),
+    ("task", "tryon"),
+])
+def test_each_switch_changes_the_loss(key, value):
+    """Same parameters, batch and seed: flipping one switch changes the train step's loss (what it changes to is
+    pinned by `test_training_loss_equals_the_scd_objective_written_out`)."""
+    base, models, params = _loss(_config())
+    flipped, _, _ = _loss(_config(**{key: value}), params=params, models=models)
+    assert abs(flipped - base) > 1e-5 * base, (key, base, flipped)
+
+
+def test_condition_dropout_changes_the_loss():
+    config = _config()
+    base, models, params = _loss(config)
+    batch = dict(_batch(), drop_cond=jnp.asarray([False, False]))
+    assert abs(_loss(config, params, batch, models)[0] - base) > 1e-5 * base
+
+
+def test_pose_injection_point_follows_the_config():
+    for where, channels in (("conv_in", 16), ("input", 3)):
+        models = modeling.build(_config(**{"model.pose_injection": where}))[0]
+        assert models.unet.pose_injection == where and models.pose_encoder.out_channels == channels
+
+
+def test_training_forms_are_two_programs_with_one_value():
+    """`train.form` changes the program (a cached two-pass vs one joint pass), not the value under causal."""
+    two, models, params = _loss(_config())
+    joint, _, _ = _loss(_config(**{"train.form": "joint"}), params=params, models=models)
+    assert joint == pytest.approx(two, rel=2e-6)
+    texts = {form: jax.jit(lambda p, b, c=_config(**{"train.form": form}): step.compute_loss(
+        models, c, step.make_schedule(c), p, b, jax.random.key(3))[0]).lower(params, _batch()).as_text()
+        for form in ("two_pass", "joint")}
+    assert texts["two_pass"] != texts["joint"]
