@@ -32,7 +32,8 @@ import results_io  # benchmarks/results_io.py: a script's own folder is on sys.p
 
 from humandiff.metrics.image import frame_difference
 from humandiff.training import evals
-from humandiff.weights import export, io
+from humandiff.checkpoints import export
+from humandiff.weights import io
 
 
 def static_inputs(config, num_videos: int, num_frames: int) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -6,7 +6,7 @@ r"""Export a training checkpoint to a diffusers-layout folder that PyTorch runs.
 CKPT: a training workdir (its latest step), `WORKDIR/checkpoints`, or `WORKDIR/checkpoints/<step>`. The model is
 described by `WORKDIR/config.json`, or by --config (the config the run was trained with). DIR receives `unet/`,
 `pose_encoder/`, `scheduler/`, `vae/` / `image_encoder/` when the model has them, motion modules (video models),
-`model_index.json` and a `README.md` card; see `humandiff.weights.export`. Run the result in PyTorch with
+`model_index.json` and a `README.md` card; see `humandiff.checkpoints.export`. Run the result in PyTorch with
 `humandiff.torch_scd.load_pipeline(DIR)`, or in JAX with `python -m humandiff.sample --checkpoint DIR ...`.
 """
 
@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from humandiff.weights.export import DTYPES, ExportError, check_dtype
+from humandiff.checkpoints.export import DTYPES, ExportError, check_dtype
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         check_dtype(args.dtype)  # cheap checks before anything slow is imported
-        from humandiff.weights import export  # noqa: PLC0415
+        from humandiff.checkpoints import export  # noqa: PLC0415
 
         export.check_out(args.out, args.overwrite, export.resolve_checkpoint(args.checkpoint, args.step)[0])
         t0 = time.perf_counter()

@@ -4,9 +4,9 @@
         [--steps 25] [--guidance 3.5] [--seed 0] [--size 512x512] [--fps 8] [--sampler ddim|dpm++|euler]
 
 POSES: a pose video (.mp4, .gif, ...), a folder of pose images (*.png, sorted by name), or keypoints .npy/.json
-([T, 133, 3] COCO-WholeBody, rendered with the project's DWPose-style renderer). CKPT: a diffusers-layout folder
-(unet/, optional vae/, image_encoder/, scheduler/) plus a pose encoder (CKPT/pose_encoder.safetensors or
---pose-encoder FILE); see `humandiff.diffusion.loading`.
+([T, 133, 3] COCO-WholeBody, rendered with the project's DWPose-style renderer). CKPT: a training workdir (read
+directly: nothing is written there or under OUT besides the results) or an export folder in diffusers layout
+(unet/, optional vae/, image_encoder/, scheduler/, pose encoder); see `humandiff.checkpoints.loading`.
 
 OUT receives: result.mp4 (H.264), result.gif, frames/frame_XXXX.png, grid.mp4 (reference | pose | result) and
 metadata.json (arguments, sampler, schedule, timings).
@@ -32,7 +32,7 @@ SAMPLERS = ("ddim", "dpm++", "euler")
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m humandiff.sample", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True,
-                   help="humandiff.train workdir (exported on the fly to OUT/model) or diffusers-layout folder")
+                   help="humandiff.train workdir (its latest checkpoint, EMA weights when kept) or export folder")
     p.add_argument("--reference", required=True, help="reference image (png/jpg)")
     p.add_argument("--poses", required=True, help="pose video, folder of pose images, or keypoints .npy/.json")
     p.add_argument("--out", required=True, help="output folder")
@@ -107,16 +107,14 @@ def _run(args: argparse.Namespace) -> int:
     import jax  # noqa: PLC0415  (after argument parsing: --help stays fast)
     from tqdm import tqdm  # noqa: PLC0415
 
-    from humandiff.diffusion import loading, pipeline, samplers  # noqa: PLC0415
+    from humandiff.checkpoints import loading  # noqa: PLC0415
+    from humandiff.diffusion import pipeline, samplers  # noqa: PLC0415
 
     if not os.path.exists(args.poses):
         raise FileNotFoundError(f"poses not found: {args.poses}")
     t0 = time.perf_counter()
     inputs, images = prepare_inputs(args)  # validate the cheap inputs before loading weights
-    ckpt = args.checkpoint
-    if os.path.isdir(ckpt) and not os.path.isdir(os.path.join(ckpt, "unet")):  # a training workdir
-        ckpt = loading.export_training_checkpoint(ckpt, os.path.join(args.out, "model"))
-    loaded = loading.load_checkpoint(ckpt, pose_encoder=args.pose_encoder, allow_pickle=args.allow_pickle)
+    loaded = loading.load_trained(args.checkpoint, pose_encoder=args.pose_encoder, allow_pickle=args.allow_pickle)
     enc = loaded.models.image_encoder
     if enc is not None:
         from humandiff.models.clip_preprocess import preprocess  # noqa: PLC0415

@@ -140,7 +140,7 @@ def test_checkpoint_pose_encoder_errors(checkpoint, tmp_path):
     import jax.numpy as jnp  # noqa: PLC0415
     from safetensors.numpy import save_file  # noqa: PLC0415
 
-    from humandiff.diffusion import loading  # noqa: PLC0415
+    from humandiff.checkpoints import loading  # noqa: PLC0415
     from humandiff.models.pose_encoder import PoseEncoder  # noqa: PLC0415
     from humandiff.weights import io  # noqa: PLC0415
     from humandiff.weights.pose import pose_encoder_to_torch  # noqa: PLC0415

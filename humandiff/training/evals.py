@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     `<workdir>/samples/heldout_step_<n>_<videos>x<frames>.json`."""
     import argparse  # noqa: PLC0415
 
-    from humandiff.weights import export  # noqa: PLC0415
+    from humandiff.checkpoints import export, loading  # noqa: PLC0415
 
     p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     p.add_argument("workdir", help="training workdir (its config.json and checkpoints/)")
@@ -179,17 +179,17 @@ def main(argv: list[str] | None = None) -> dict:
         train.use_cpu_devices(config_lib.cpu_devices(config))
     except RuntimeError:  # "should be updated before backends are initialized"
         pass
-    trained = export.read_checkpoint(args.workdir, config=config, ema=not args.raw, step=args.step)
-    if trained.config.data.source != "synthetic":
-        raise SystemExit(f"{args.workdir}: data.source={trained.config.data.source!r}; the held-out check samples "
+    if config.data.source != "synthetic":
+        raise SystemExit(f"{args.workdir}: data.source={config.data.source!r}; the held-out check samples "
                          "synthetic identities (use humandiff.evaluate for datasets)")
+    trained = loading.load_trained(args.workdir, config=config, ema=not args.raw, step=args.step)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-    metrics, _ = evaluate(trained.models, trained.config, trained.params, num_videos=args.num_videos,
+    metrics, _ = evaluate(trained.models, config, trained.params, num_videos=args.num_videos,
                           num_frames=args.num_frames, seed=args.seed, mesh=mesh)
-    result = dict(metrics, step=trained.step, ema=not args.raw, num_videos=args.num_videos,
+    step, workdir = trained.sources["step"], trained.sources["workdir"]
+    result = dict(metrics, step=step, ema=trained.sources["ema"], num_videos=args.num_videos,
                   num_frames=args.num_frames, seed=args.seed)
-    out = os.path.join(trained.workdir, "samples",
-                       f"heldout_step_{trained.step:07d}_{args.num_videos}x{args.num_frames}.json")
+    out = os.path.join(workdir, "samples", f"heldout_step_{step:07d}_{args.num_videos}x{args.num_frames}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as fh:
         json.dump(result, fh, indent=1)

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-from humandiff.diffusion import loading
+from humandiff.checkpoints import loading
 
 import jax.numpy as jnp  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402

@@ -109,7 +109,7 @@ def tiny_ckpt(tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(tiny_ckpt, tmp_path_factory):
     """fp32 export (raw weights) of the tiny checkpoint: the folder path."""
-    from humandiff.weights import export  # noqa: PLC0415
+    from humandiff.checkpoints import export  # noqa: PLC0415
 
     out = str(tmp_path_factory.mktemp("exports") / "fp32")
     trained = export.read_checkpoint(tiny_ckpt[0])

@@ -14,13 +14,14 @@ require_parts()
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
-import humandiff.diffusion.loading  # noqa: F401  (fails loudly if broken)
+import humandiff.checkpoints.loading  # noqa: F401  (fails loudly if broken)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from humandiff import torch_scd  # noqa: E402
-from humandiff.weights import export, io  # noqa: E402
+from humandiff.checkpoints import export
+from humandiff.weights import io  # noqa: E402
 
 STEPS, GUIDANCE = 3, 2.5
 
@@ -71,7 +72,8 @@ def test_vae_and_image_encoder_are_exported_as_trained(latent_export):
 
 @pytest.mark.slow  # one more sampler compile (~35 s on a busy 2-core CPU)
 def test_torch_sampling_with_vae_and_clip_matches_jax(latent_export):
-    from humandiff.diffusion import loading, pipeline, samplers  # noqa: PLC0415
+    from humandiff.checkpoints import loading  # noqa: PLC0415
+    from humandiff.diffusion import pipeline, samplers  # noqa: PLC0415
 
     _, out, _, _ = latent_export
     rng = np.random.default_rng(0)

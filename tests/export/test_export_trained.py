@@ -15,7 +15,7 @@ import humandiff.data.loader  # noqa: F401  (fails loudly if broken)
 
 import jax  # noqa: E402
 
-from humandiff.weights import export  # noqa: E402
+from humandiff.checkpoints import export  # noqa: E402
 
 
 @pytest.mark.slow  # compiles the train step (~2 min on a busy 2-core CPU; shared with tests/training via the cache)
@@ -93,7 +93,7 @@ def _held_out_check_in_new_processes(workdir, result):
 
 _READ = """
 import sys, jax, numpy as np
-from humandiff.weights import export
+from humandiff.checkpoints import export
 trained = export.read_checkpoint(sys.argv[1], ema=True)
 print(jax.device_count(), sum(float(np.abs(x).sum()) for x in jax.tree.leaves(trained.params)))
 """

@@ -12,20 +12,22 @@ from .conftest import psnr, read_json, require_parts, tiny_config, write_checkpo
 require_parts()
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-import humandiff.diffusion.loading  # noqa: F401  (fails loudly if broken)
+import humandiff.checkpoints.loading  # noqa: F401  (fails loudly if broken)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from humandiff import torch_scd  # noqa: E402
-from humandiff.weights import export, load_unet  # noqa: E402
+from humandiff.checkpoints import export
+from humandiff.weights import load_unet  # noqa: E402
 
 FRAMES, WINDOW, OVERLAP, STEPS, GUIDANCE = 5, 3, 1, 3, 2.0
 
 
 @pytest.mark.slow  # one video sampler compile (~30-60 s on a busy 2-core CPU)
 def test_video_export_samples_like_jax(tmp_path):
-    from humandiff.diffusion import loading, pipeline, samplers  # noqa: PLC0415
+    from humandiff.checkpoints import loading  # noqa: PLC0415
+    from humandiff.diffusion import pipeline, samplers  # noqa: PLC0415
     from humandiff.models.scd import Models  # noqa: PLC0415
 
     config = tiny_config()

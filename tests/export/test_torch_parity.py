@@ -15,7 +15,7 @@ require_parts()
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 import humandiff.diffusion.pipeline  # noqa: F401  (fails loudly if broken)
-import humandiff.diffusion.loading  # noqa: F401  (fails loudly if broken)
+import humandiff.checkpoints.loading  # noqa: F401  (fails loudly if broken)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -127,7 +127,8 @@ def test_scd_reference_path_matches_jax(tiny_ckpt, pipe, inputs):
 
 
 def test_ten_step_sampling_matches_jax(exported, pipe, inputs):
-    from humandiff.diffusion import loading, pipeline, samplers  # noqa: PLC0415
+    from humandiff.checkpoints import loading  # noqa: PLC0415
+    from humandiff.diffusion import pipeline, samplers  # noqa: PLC0415
 
     loaded = loading.load_checkpoint(exported)
     sampler = samplers.make_sampler(loaded.schedule, "ddim", NUM_STEPS, spacing=loaded.spacing,

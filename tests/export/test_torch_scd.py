@@ -22,7 +22,7 @@ from humandiff import torch_scd  # noqa: E402
 from humandiff.models.init import numpy_init  # noqa: E402
 from humandiff.models.unet import UNet2DConditionModel  # noqa: E402
 from humandiff.weights import io, load_unet  # noqa: E402
-from humandiff.weights import export  # noqa: E402
+from humandiff.checkpoints import export  # noqa: E402
 from humandiff.weights.diffusers import unet_param_shapes  # noqa: E402
 
 from .conftest import rel_err  # noqa: E402

@@ -88,7 +88,7 @@ def test_stage2_trains_motion_modules_from_stage1_workdir(tmp_path):
     config2.batch_size = 8  # one clip per fake device
     history = train.train_and_evaluate(config2, str(tmp_path / "stage2"), sample_fn=lambda *a: None)
     assert history and all(np.isfinite(h["loss"]) and h["skipped"] == 0 for h in history)
-    from humandiff.weights import export
+    from humandiff.checkpoints import export
     before = io.flatten(export.read_checkpoint(str(stage1), ema=True).params)
     after = io.flatten(export.read_checkpoint(str(tmp_path / "stage2"), ema=True).params)
     motion = [k for k in after if "/motion_modules_" in k]

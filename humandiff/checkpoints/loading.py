@@ -1,7 +1,8 @@
 """Loads an SCD model for sampling from local files (nothing is downloaded).
 
-Accepted: a `humandiff.train` workdir (exported on the fly by `export_training_checkpoint`), or a diffusers-layout
-folder (what `humandiff.export` writes):
+`load_trained` is the one entry point. It accepts a `humandiff.train` workdir (read directly: parameters, modules
+from its config, training schedule; nothing is written) or a diffusers-layout folder (what `humandiff.export`
+writes):
 
     CKPT/unet/            config.json + diffusion_pytorch_model.safetensors   (required)
     CKPT/motion_adapter/  diffusers MotionAdapter (video stage)               (optional: image model without it)
@@ -39,6 +40,7 @@ class Loaded:
     steps_offset: int = 0
     sources: dict = dataclasses.field(default_factory=dict)
     settings: dict = dataclasses.field(default_factory=dict)  # model_index.json "humandiff" block ({} if absent)
+    config: Any = None  # the training config (workdirs; None for export folders)
 
 
 def read_settings(path: str) -> dict:
@@ -52,26 +54,50 @@ def read_settings(path: str) -> dict:
     return settings
 
 
-def export_training_checkpoint(path: str, out: str, *, ema: bool = True) -> str:
-    """Exports a `humandiff.train` workdir (or one of its checkpoints) to a diffusers-layout folder `out`.
+def load_trained(path: str, *, ema: bool = True, step: int | None = None, config: Any = None,
+                 pose_encoder: str | None = None, allow_pickle: bool = False,
+                 unet_overrides: dict | None = None) -> Loaded:
+    """The one reader of trained models: a `humandiff.train` workdir (or one of its checkpoints) or an export
+    folder (diffusers layout, see the module docstring). Sample, evals and the trainer's `init_checkpoint` call it.
 
-    Folders that already have a `unet/` are returned as they are. The EMA weights are used when the run kept them.
+    A workdir is read directly (its parameters, the modules its config describes, the training schedule and
+    sampler spacing); nothing is written.
 
-    Returns:
-      The folder to load with `load_checkpoint`.
+    Args:
+      path: workdir, `<workdir>/checkpoints[/<step>]`, or an export folder.
+      ema: the EMA weights when the run kept them (else the raw ones); workdirs only.
+      step: checkpoint step (default: the latest); workdirs only.
+      config: the training config (ConfigDict or "file.py[:arg]") instead of `<workdir>/config.json`.
+      pose_encoder, allow_pickle, unet_overrides: as in `load_checkpoint` (export folders only).
+
+    Raises:
+      FileNotFoundError / ValueError (incl. `export.ExportError`, `io.WeightsError`) naming the path.
     """
     if os.path.isdir(os.path.join(path, "unet")):
-        return path
-    from humandiff.weights import export  # noqa: PLC0415
+        return load_checkpoint(path, pose_encoder=pose_encoder, allow_pickle=allow_pickle,
+                               unet_overrides=unet_overrides)
+    if pose_encoder is not None:
+        raise ValueError(f"--pose-encoder {pose_encoder}: {path} is a training workdir, whose checkpoint holds the "
+                         "pose encoder it was trained with")
+    if unet_overrides:
+        raise ValueError(f"{path} is a training workdir: its UNet is the one its config describes "
+                         f"(overrides {sorted(unet_overrides)} apply to export folders)")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint folder not found: {path}")
+    from humandiff.checkpoints import export  # noqa: PLC0415  (jax and the model code, only for workdirs)
+    from humandiff.training.step import make_schedule  # noqa: PLC0415
 
     try:
-        trained = export.read_checkpoint(path, ema=ema)
+        trained = export.read_checkpoint(path, config=config, ema=ema, step=step)
     except export.ExportError as e:
         if not (ema and "EMA" in str(e)):
-            raise ValueError(str(e)) from e
-        trained = export.read_checkpoint(path)  # the run kept no EMA: its raw weights
-    export.write_export(trained, out, overwrite=True)
-    return out
+            raise
+        trained = export.read_checkpoint(path, config=config, step=step)  # the run kept no EMA: its raw weights
+    cfg = trained.config
+    sources = {"workdir": trained.workdir, "step": trained.step, "ema": trained.ema}
+    return Loaded(trained.models, trained.params, make_schedule(cfg).config,
+                  spacing=cfg.sample.get("timestep_spacing", "trailing"), steps_offset=0, sources=sources,
+                  settings=export.settings(trained, "fp32"), config=cfg)
 
 
 def _find_pose_encoder(ckpt: str) -> str | None:
@@ -140,7 +166,7 @@ def load_checkpoint(path: str, *, pose_encoder: str | None = None, allow_pickle:
     unet_dir = os.path.join(path, "unet")
     if not os.path.isdir(unet_dir):
         raise ValueError(f"{path} is not a diffusers-layout checkpoint: no unet/ folder (a training workdir is "
-                         "exported first: see export_training_checkpoint)")
+                         "read by load_trained)")
     from humandiff.weights import load_unet, load_vae  # noqa: PLC0415
 
     sources = {"unet": unet_dir}
