@@ -2,7 +2,9 @@
 
 Two layers:
 - *Tables* (betas, alphas_cumprod) depend only on static config values. They are built once on the host in
-  numpy float32 with the same operation order as diffusers' torch schedulers, so the tables are bit-identical:
+  numpy float32 with the same operation order as diffusers' torch schedulers, so the tables are bit-identical
+  (zero-terminal-SNR ones only where torch's float32 sqrt is correctly rounded: torch takes it from MKL, whose
+  kernel depends on the CPU; elsewhere they differ by a few ulps, see tests/diffusion/test_sampler_parity.py):
   eps-prediction amplifies table error by 1/sqrt(alphas_cumprod) (up to ~160x at t=999 for linear betas), and
   a float64 table differs from torch's float32 one by ~1e-6 relative, which alone breaks 1e-5 parity.
 - *Traced* functions (`q_sample`, the eps/v/x0 conversions, SNR, min-SNR-gamma weights, noise offset, the try-on
