@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from humandiff.diffusion import media
+from humandiff.metrics import image
 from humandiff.training import optim
 from humandiff.training.modeling import Models
 
@@ -56,10 +57,9 @@ def held_out_inputs(config, num_videos: int, num_frames: int) -> tuple[dict[str,
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean PSNR (dB) over frames of images in [-1, 1] (peak-to-peak 2)."""
-    a, b = np.asarray(a, np.float64).reshape(-1, *a.shape[-3:]), np.asarray(b, np.float64).reshape(-1, *b.shape[-3:])
-    mse = np.mean((np.clip(a, -1, 1) - b) ** 2, axis=(1, 2, 3))
-    return float(np.mean(10.0 * np.log10(4.0 / np.maximum(mse, 1e-12))))
+    """Mean PSNR (dB) over frames of images in [-1, 1] (peak-to-peak 2); the samples `a` are clipped to [-1, 1]."""
+    a = np.clip(np.asarray(a, np.float64), -1.0, 1.0)
+    return float(np.mean(image.psnr(a, np.asarray(b, np.float64), max_val=2.0, mse_floor=1e-12)))
 
 
 def sampling_mesh(mesh: jax.sharding.Mesh | None, num_videos: int) -> jax.sharding.Mesh | None:
