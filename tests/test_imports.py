@@ -146,6 +146,11 @@ def test_cycle_finder_names_the_cycle():
     assert find_cycles({"a": {"b": "line 1"}, "b": {}}) == []
 
 
+def test_media_is_a_leaf():
+    """It reads and writes files for every layer, so it imports none of them."""
+    assert not import_graph()["humandiff.media"]
+
+
 def test_no_import_cycles_besides_the_pending_one():
     graph = import_graph()
     cycles = find_cycles(graph, ignore=PENDING)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from humandiff.diffusion import media
+from humandiff import media
 from humandiff.metrics import image
 from humandiff.training import optim
 from humandiff.training.modeling import Models
@@ -144,8 +144,7 @@ def write_samples(models: Models, config, state: dict, frozen: Any, step: int, w
     frames = np.concatenate(list(rows), axis=1)  # videos stacked vertically: [F, B*H, 4*W, 3]
     out_dir = os.path.join(workdir, "samples")
     os.makedirs(out_dir, exist_ok=True)
-    from PIL import Image
-    Image.fromarray(np.concatenate(list(frames), axis=1)).save(os.path.join(out_dir, f"step_{step:07d}.png"))
+    media.write_image(os.path.join(out_dir, f"step_{step:07d}.png"), np.concatenate(list(frames), axis=1))
     _, h, w, _ = frames.shape  # H.264 needs even sides
     media.write_mp4(os.path.join(out_dir, f"step_{step:07d}.mp4"),
                     np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))), fps=8.0)
