@@ -54,13 +54,14 @@ def _targets(node: ast.AST, current: str, is_package: bool, modules: dict) -> li
 
 
 def import_graph() -> dict[str, dict[str, str]]:
-    """`{module: {imported module: "line N" of the first import}}` over every module of the package."""
+    """`{module: {imported module: "line N"}}` over every module of the package (N: its first import there)."""
     modules = _modules()
     graph: dict[str, dict[str, str]] = {}
     for name, path in modules.items():
         edges = graph.setdefault(name, {})
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        for node in ast.walk(tree):
+        for node in sorted((n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))),
+                           key=lambda n: n.lineno):
             for target, how in _targets(node, name, path.name == "__init__.py", modules):
                 if target != name:
                     edges.setdefault(target, how)
