@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import results_io  # benchmarks/results_io.py: a script's own folder is on sys.path
 
+from humandiff import media
 from humandiff.metrics.image import frame_difference
 from humandiff.training import evals
 from humandiff.checkpoints import export
@@ -114,14 +115,12 @@ def run(args) -> tuple[dict, dict]:
 
 def write_png(path: str, arrays: dict) -> None:
     """Rows per video: per-frame sampling, then trained motion modules; F frames left to right (reference first)."""
-    from PIL import Image
-
-    from humandiff.diffusion.media import to_uint8 as to_u8
     rows = []
     for i in range(arrays["ref"].shape[0]):
         for name in ("per_frame", "motion_trained"):
-            rows.append(np.concatenate([to_u8(arrays["ref"][i])] + list(to_u8(arrays[name][i])), axis=1))
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+            rows.append(np.concatenate([media.to_uint8(arrays["ref"][i])] + list(media.to_uint8(arrays[name][i])),
+                                       axis=1))
+    media.write_image(path, np.concatenate(rows, axis=0))
 
 
 def main(argv=None) -> int:

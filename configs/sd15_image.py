@@ -27,9 +27,8 @@ from humandiff import config_lib
 def get_config(arg=None):
     """Returns the stage-1 config; see the module docstring for the args."""
     arg = config_lib.parse_arg(arg, sd15="", image_encoder="", data_dir="", runlocal=False, interaction="causal",
-                               use_ref_pose=True, form="two_pass")
-    demo = config_lib.load_sibling(__file__, "demo")
-    c = demo.get_config(f"interaction={arg.interaction},use_ref_pose={arg.use_ref_pose},form={arg.form}")
+                               use_ref_pose=True, form="")
+    c = config_lib.load_sibling(__file__, "common").base(arg.interaction, arg.use_ref_pose, arg.form)
     c.total_steps = 30_000  # optimizer steps
     c.batch_size = 64  # global (reference, target) pairs per step
     c.log_every = 50  # steps between metric writes

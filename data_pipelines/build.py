@@ -17,7 +17,8 @@ import logging
 import os
 import sys
 
-from data_pipelines.builders import common, media
+from data_pipelines.builders import common
+from humandiff import media
 
 DATASETS = ("tiktok", "ubc_fashion", "video_folder", "viton_hd", "synthetic")
 SYNTHETIC_FLAGS = ("num_videos", "num_test_videos", "num_frames", "height", "width", "seed")

@@ -4,7 +4,8 @@ They exist so that the dataset builders can be tested end to end without the rea
 writer is deterministic in ``seed`` and returns the folder a builder's ``--manual_dir`` points at.
 Poses: next to every video (or frame folder, or try-on person image) lies ``<same stem>.npy`` with
 the synthetic figure's COCO-WholeBody keypoints, float32 ``[T, 133, 3]`` (``[133, 3]`` for a still
-image), exactly where `humandiff.data.keypoints.pose_path_for` says a pose file belongs.
+image), exactly where `humandiff.data.keypoints.pose_path_for` says a pose file belongs. Files are written
+with `humandiff.media`.
 
 Layouts written (``root`` is the argument):
 
@@ -21,7 +22,7 @@ Layouts written (``root`` is the argument):
   (0/255, 255 = region to generate), ``agnostic-v3.2/`` (person with the region greyed out, JPEG),
   ``openpose_json/<name>_keypoints.json`` (OpenPose BODY_25 + face + hands); poses ``image/<name>.npy``.
 
-Videos are H.264 mp4 (PyAV, yuv420p, so height and width must be even).
+Videos are H.264 mp4 (`humandiff.media.write_mp4`, preset ultrafast; yuv420p, so height and width must be even).
 """
 
 from __future__ import annotations
@@ -30,34 +31,16 @@ import json
 import os
 from typing import Iterable, List, Optional
 
-import av
 import cv2
 import numpy as np
-from PIL import Image
 
 from data_pipelines.pose.openpose_json import to_openpose_json
+from humandiff import media
 from humandiff.data import keypoints as kpl
 from humandiff.data import synthetic
 from humandiff.data.synthetic_figure import make_appearance
 
 UBC_URL_PREFIX = "https://m.media-amazon.com/images/I/"
-
-
-def write_mp4(path: str, frames: np.ndarray, fps: float = synthetic.FPS, crf: int = 18) -> None:
-    """Writes uint8 ``[T, H, W, 3]`` RGB frames as an H.264 mp4 (even H and W required by yuv420p)."""
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"write_mp4 {path}: expected uint8 [T, H, W, 3] frames, got {frames.dtype} {frames.shape}")
-    t, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"write_mp4 {path}: H.264 yuv420p needs even height and width, got {h}x{w}")
-    with av.open(path, "w") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "ultrafast"}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-        container.mux(stream.encode())
 
 
 def _videos(num: int, num_frames: int, height: int, width: int, seed: int, split: str = "train"):
@@ -83,9 +66,9 @@ def write_tiktok(root: str, num_videos: int = 3, num_frames: int = 8, height: in
         os.makedirs(os.path.join(folder, "masks"), exist_ok=True)
         masks = person_masks(video, src.identity(i))
         for t in range(num_frames):
-            Image.fromarray(video["frames"][t]).save(os.path.join(folder, "images", f"{t + 1:04d}.png"))
-            Image.fromarray(masks[t]).save(os.path.join(folder, "masks", f"{t + 1:04d}.png"))
-        kpl.save_keypoints(kpl.pose_path_for(folder), video["keypoints"])
+            media.write_image(os.path.join(folder, "images", f"{t + 1:04d}.png"), video["frames"][t])
+            media.write_image(os.path.join(folder, "masks", f"{t + 1:04d}.png"), masks[t])
+        media.save_keypoints(kpl.pose_path_for(folder), video["keypoints"])
     return base
 
 
@@ -106,8 +89,8 @@ def write_ubc_fashion(root: str, num_train: int = 3, num_test: int = 2, num_fram
             name = _ubc_name(rng)
             video = src[i]
             path = os.path.join(root, split, name + ".mp4")
-            write_mp4(path, video["frames"], video["fps"])
-            kpl.save_keypoints(kpl.pose_path_for(path), video["keypoints"])
+            media.write_mp4(path, video["frames"], video["fps"], preset="ultrafast")
+            media.save_keypoints(kpl.pose_path_for(path), video["keypoints"])
             urls.append(UBC_URL_PREFIX + name + ".mp4")
         with open(os.path.join(root, f"fashion_{split}.txt"), "w", encoding="utf-8") as f:
             f.write("".join(u + "\n" for u in urls))
@@ -123,8 +106,8 @@ def write_video_folder(root: str, num_videos: int = 3, num_frames: int = 8, heig
     for i, name in enumerate(names):
         video = src[i]
         path = os.path.join(root, name + ".mp4")
-        write_mp4(path, video["frames"], video["fps"])
-        kpl.save_keypoints(kpl.pose_path_for(path), video["keypoints"])
+        media.write_mp4(path, video["frames"], video["fps"], preset="ultrafast")
+        media.save_keypoints(kpl.pose_path_for(path), video["keypoints"])
     return root
 
 
@@ -174,15 +157,15 @@ def write_viton_hd(root: str, num_train: int = 3, num_test: int = 2, height: int
             names.append(name)
             video = src[i]
             person, kp = video["frames"][0], video["keypoints"][0]
-            Image.fromarray(person).save(os.path.join(d["image"], name + ".jpg"), quality=95)
-            kpl.save_keypoints(os.path.join(d["image"], name + ".npy"), kp)
+            media.write_image(os.path.join(d["image"], name + ".jpg"), person, quality=95)
+            media.save_keypoints(os.path.join(d["image"], name + ".npy"), kp)
             cloth, cloth_mask = _garment(src.identity(i), height, width)
-            Image.fromarray(cloth).save(os.path.join(d["cloth"], name + ".jpg"), quality=95)
-            Image.fromarray(cloth_mask).save(os.path.join(d["cloth-mask"], name + ".jpg"), quality=95)
+            media.write_image(os.path.join(d["cloth"], name + ".jpg"), cloth, quality=95)
+            media.write_image(os.path.join(d["cloth-mask"], name + ".jpg"), cloth_mask, quality=95)
             agn = _agnostic_mask(kp, height, width)
-            Image.fromarray(agn).save(os.path.join(d["agnostic-mask"], name + "_mask.png"))
+            media.write_image(os.path.join(d["agnostic-mask"], name + "_mask.png"), agn)
             grey = np.where(agn[..., None] > 0, 128, person).astype(np.uint8)
-            Image.fromarray(grey).save(os.path.join(d["agnostic-v3.2"], name + ".jpg"), quality=95)
+            media.write_image(os.path.join(d["agnostic-v3.2"], name + ".jpg"), grey, quality=95)
             with open(os.path.join(d["openpose_json"], name + "_keypoints.json"), "w", encoding="utf-8") as f:
                 json.dump(to_openpose_json(kp), f)
         # train pairs are paired (own cloth); test pairs are unpaired (the next person's cloth)

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from humandiff.diffusion import media
+from humandiff import media
+from humandiff.data.pose_input import load_poses
 
 SAMPLERS = ("ddim", "dpm++", "euler")
 
@@ -65,13 +66,13 @@ def prepare_inputs(args: argparse.Namespace) -> tuple[dict, dict]:
         size = ref.shape[:2]
         media.check_size(size[0], size[1], f"reference image {args.reference} size")
     kp_size = media.parse_size(args.keypoints_size) if args.keypoints_size else None
-    poses, video_fps = media.load_poses(args.poses, size, max_frames=args.max_frames, keypoints_size=kp_size)
+    poses, video_fps = load_poses(args.poses, size, max_frames=args.max_frames, keypoints_size=kp_size)
     inputs = {
         "ref_image": media.to_model_image(ref)[None],
         "poses": media.to_pose_image(poses)[None],
     }
     if args.ref_pose:
-        ref_pose, _ = media.load_poses(args.ref_pose, size, max_frames=1, keypoints_size=kp_size)
+        ref_pose, _ = load_poses(args.ref_pose, size, max_frames=1, keypoints_size=kp_size)
         inputs["ref_pose"] = media.to_pose_image(ref_pose[:1])
     fps = args.fps or video_fps or 8.0
     return inputs, {"reference": ref, "poses": poses, "fps": fps}

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from humandiff import sample
-from humandiff.diffusion import media
+from humandiff import media
+from humandiff.data import pose_input
 
 SIZE = 16
 
@@ -126,13 +127,13 @@ def test_pose_sources_video_and_keypoints(tmp_path):
 
     rec = make_video(0, 4, 64, 48)
     np.save(tmp_path / "kp.npy", rec["keypoints"])
-    rendered, fps = media.load_poses(str(tmp_path / "kp.npy"), (32, 24), keypoints_size=(64, 48))
+    rendered, fps = pose_input.load_poses(str(tmp_path / "kp.npy"), (32, 24), keypoints_size=(64, 48))
     assert rendered.shape == (4, 32, 24, 3) and fps is None and rendered.max() > 0
     media.write_mp4(str(tmp_path / "p.mp4"), rendered.repeat(2, 1).repeat(2, 2), 12.0)
-    frames, fps = media.load_poses(str(tmp_path / "p.mp4"), (32, 24), max_frames=3)
+    frames, fps = pose_input.load_poses(str(tmp_path / "p.mp4"), (32, 24), max_frames=3)
     assert frames.shape == (3, 32, 24, 3) and abs(fps - 12.0) < 1e-6
     with pytest.raises(FileNotFoundError, match="keypoints file not found"):
-        media.load_poses(str(tmp_path / "missing.json"), (32, 24))
+        pose_input.load_poses(str(tmp_path / "missing.json"), (32, 24))
     assert media.parse_size("24") == (24, 24) and media.parse_size("16x32") == (16, 32)
 
 

@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 from etils import epath
+from PIL import Image
 import tensorflow_datasets as tfds
 
-from data_pipelines.builders import media
+from humandiff import media
 from humandiff.data import keypoints
 
 _log = logging.getLogger(__name__)
@@ -59,6 +60,41 @@ def frame_features() -> tfds.features.FeaturesDict:
         "height": tfds.features.Scalar(dtype=np.int32),
         "width": tfds.features.Scalar(dtype=np.int32),
     })
+
+
+def shrunk_size(height: int, width: int, max_short_side: int) -> tuple[int, int]:
+    """(height, width) with the short side at most `max_short_side` (0: unchanged), aspect kept."""
+    short = min(height, width)
+    if max_short_side <= 0 or short <= max_short_side:
+        return height, width
+    s = max_short_side / short
+    return max(1, round(height * s)), max(1, round(width * s))
+
+
+def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] resized (antialiased bicubic) to `size` = (height, width); unchanged if equal."""
+    if frame.shape[:2] == tuple(size):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((size[1], size[0]), Image.BICUBIC))
+
+
+def scale_keypoints(kp: np.ndarray, size: tuple[int, int], new_size: tuple[int, int]) -> np.ndarray:
+    """Keypoints [..., 3] in pixels of a `size` frame -> pixels of the frame resized to `new_size`."""
+    if tuple(size) == tuple(new_size):
+        return kp
+    out = np.array(kp, np.float32, copy=True)
+    out[..., 0] = (out[..., 0] + 0.5) * (new_size[1] / size[1]) - 0.5  # pixel centres map to pixel centres
+    out[..., 1] = (out[..., 1] + 0.5) * (new_size[0] / size[0]) - 0.5
+    return out
+
+
+def check_pixel_keypoints(path: str, kp: np.ndarray, height: int, width: int, threshold: float = 0.3) -> None:
+    """Rejects keypoints that look normalised to [0, 1] (the contract is pixels of the frame)."""
+    visible = kp[..., 2] > threshold
+    if visible.sum() >= 3 and min(height, width) > 8:
+        xy = kp[..., :2][visible]
+        if float(np.abs(xy).max()) <= 1.5:
+            raise media.BadInputError(path, "keypoints look normalised to [0, 1]; expected pixel coordinates")
 
 
 def frame_records(video: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -187,28 +223,28 @@ class VideoBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if item.frame_folder:
             if not item.frame_files:
                 raise media.BadInputError(item.path, "no frame images in the video folder")
-            frames = (media.load_image(f, conversions) for f in item.frame_files)
+            frames = (media.read_image(f, conversions) for f in item.frame_files)
         else:
             frames = media.iter_video_frames(item.path, conversions)
         jpegs, size, stored = [], None, None
         for i, frame in enumerate(frames):
             if size is None:
                 size = frame.shape[:2]
-                stored = media.shrunk_size(*size, self._max_short_side)
+                stored = shrunk_size(*size, self._max_short_side)
             elif frame.shape[:2] != size:
                 where = item.frame_files[i] if item.frame_files else f"{item.path} frame {i}"
                 raise media.BadInputError(
                     where, f"frame size {frame.shape[:2]} differs from the first frame's {size}")
-            jpegs.append(media.encode_jpeg(media.resize_frame(frame, stored), self._jpeg_quality))
+            jpegs.append(media.encode_jpeg(resize_frame(frame, stored), self._jpeg_quality))
         if not jpegs:
             raise media.BadInputError(item.path, "video has no frames")
         if len(jpegs) < self._min_frames:
             raise media.BadInputError(
                 item.path, f"video too short: {len(jpegs)} frames < min_frames={self._min_frames}")
         fps = 0.0 if item.frame_folder else media.video_fps(item.path)  # after decoding: errors name the cause
-        kp = media.load_keypoints(item.pose_path, num_frames=len(jpegs))
-        media.check_pixel_keypoints(item.pose_path, kp, *size)
-        kp = media.scale_keypoints(kp, size, stored)
+        kp = media.load_keypoints(item.pose_path, num_frames=len(jpegs), allow_single_frame=True)
+        check_pixel_keypoints(item.pose_path, kp, *size)
+        kp = scale_keypoints(kp, size, stored)
         return {"video_id": item.video_id, "frames_jpeg": jpegs, "keypoints": kp, "fps": fps,
                 "height": stored[0], "width": stored[1]}
 

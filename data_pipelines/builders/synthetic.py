@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.builders import common, media
+from data_pipelines.builders import common
+from humandiff import media
 
 
 class Synthetic(common.VideoBuilderBase, skip_registration=True):

@@ -25,7 +25,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_pipelines.builders import common, media
+from data_pipelines.builders import common
+from humandiff import media
 
 
 def _features() -> tfds.features.FeaturesDict:
@@ -59,7 +60,7 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
 
 def _load_mask(path: str, size: tuple[int, int]) -> bytes:
     """Reads a mask image, binarises it (> 127) and checks its (height, width)."""
-    arr = media.load_image(path, media.Conversions())  # masks are usually grey: not counted
+    arr = media.read_image(path)  # masks are usually grey: not counted
     if arr.shape[:2] != size:
         raise media.BadInputError(path, f"mask size {arr.shape[:2]} differs from its image's {size}")
     return media.encode_png(np.where(arr.max(axis=-1) > 127, 255, 0).astype(np.uint8))
@@ -67,7 +68,7 @@ def _load_mask(path: str, size: tuple[int, int]) -> bytes:
 
 def _jpeg_rgb(path: str, conversions: media.Conversions, quality: int) -> tuple[bytes, tuple[int, int]]:
     """JPEG bytes of an RGB image: an RGB JPEG is kept byte for byte, anything else re-encoded."""
-    arr = media.load_image(path, conversions)
+    arr = media.read_image(path, conversions)
     with Image.open(path) as im:
         keep = im.format == "JPEG" and im.mode == "RGB"
     if keep:
@@ -131,8 +132,8 @@ class VitonHd(common.VideoBuilderBase, skip_registration=True):
         kp_path = os.path.join(folder, "image", f"{p_stem}.npy")
         has_kp = os.path.exists(kp_path)
         if has_kp:
-            kp = media.load_keypoints(kp_path, num_frames=1)[0]
-            media.check_pixel_keypoints(kp_path, kp, *size)
+            kp = media.load_keypoints(kp_path, num_frames=1, allow_single_frame=True)[0]
+            common.check_pixel_keypoints(kp_path, kp, *size)
         else:
             kp = np.zeros((media.NUM_KEYPOINTS, 3), np.float32)
         return {

@@ -21,16 +21,15 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 
 from data_pipelines.pose.dwpose import DWPose
+from humandiff import media
 from humandiff.data import keypoints as kpl
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
 
 def iter_frames(video: str) -> Iterator[np.ndarray]:
-    """Yields uint8 RGB ``[H, W, 3]`` frames of an mp4 (PyAV) or of a folder of images (Pillow)."""
+    """Yields uint8 RGB ``[H, W, 3]`` frames of an mp4 or of a folder of images (`humandiff.media` readers)."""
     if os.path.isdir(video):
-        from PIL import Image
-
         names = sorted(n for n in os.listdir(video) if n.lower().endswith(IMAGE_EXTS))
         if not names and os.path.isdir(os.path.join(video, "images")):
             video = os.path.join(video, "images")
@@ -38,19 +37,14 @@ def iter_frames(video: str) -> Iterator[np.ndarray]:
         if not names:
             raise ValueError(f"{video}: folder has no {'/'.join(IMAGE_EXTS)} frames")
         for n in names:
-            with Image.open(os.path.join(video, n)) as im:
-                yield np.asarray(im.convert("RGB"))
+            yield media.read_image(os.path.join(video, n))
         return
     if not os.path.isfile(video):
         raise FileNotFoundError(f"video not found: {video}")
-    import av
-
     try:
-        with av.open(video) as container:
-            for frame in container.decode(video=0):
-                yield frame.to_ndarray(format="rgb24")
-    except av.FFmpegError as e:
-        raise ValueError(f"{video}: cannot decode video ({e})") from e
+        yield from media.iter_video_frames(video)
+    except media.BadInputError as e:
+        raise ValueError(f"{video}: cannot decode video ({e.reason})") from e
 
 
 def extract_video(model: DWPose, video: str, chunk: int = 32) -> np.ndarray:
@@ -91,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         t0 = time.perf_counter()
         kp = extract_video(model, video, args.chunk)
-        kpl.save_keypoints(out, kp)
+        media.save_keypoints(out, kp)
         dt = time.perf_counter() - t0
         print(f"{video}: {len(kp)} frames -> {out} ({len(kp) / max(dt, 1e-9):.1f} frames/s)", file=sys.stderr)
     return 0

@@ -12,6 +12,7 @@ from typing import Any, Dict
 
 import numpy as np
 
+from humandiff import media
 from humandiff.data import keypoints as kpl
 
 # BODY_25 index -> COCO-WholeBody index (-1: BODY_25's neck and mid-hip, derived, not stored in COCO).
@@ -24,7 +25,7 @@ def _midpoint(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def to_openpose_json(keypoints: np.ndarray) -> Dict[str, Any]:
     """One frame ``[133, 3]`` -> an OpenPose JSON document with one person."""
-    kp = kpl.validate_keypoints(keypoints, video=False, source="to_openpose_json keypoints")
+    kp = media.validate_keypoints(keypoints, video=False, source="to_openpose_json keypoints")
     body = np.zeros((25, 3), np.float32)
     for i, c in enumerate(BODY25_TO_COCO):
         if c >= 0:

@@ -15,8 +15,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from data_pipelines.fake_layouts import write_mp4
-from humandiff.data import keypoints as kpl
+from humandiff import media
 from humandiff.data.pose_align import align_poses
 from humandiff.data.pose_render import render_video
 
@@ -32,9 +31,9 @@ def _size(text: str) -> Tuple[int, int]:
 def load_reference(path: str) -> np.ndarray:
     """A reference pose ``[133, 3]`` from a single-frame file, or the first frame of a ``[T, 133, 3]`` file."""
     try:
-        return kpl.load_keypoints(path, video=False)
-    except ValueError:
-        return kpl.load_keypoints(path)[0]
+        return media.load_keypoints(path, video=False, allow_nan_coordinates=True)
+    except media.BadInputError:
+        return media.load_keypoints(path, allow_nan_coordinates=True)[0]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -48,12 +47,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--score_threshold", type=float, default=0.3)
     p.add_argument("--fps", type=float, default=8.0)
     args = p.parse_args(argv)
-    kp = kpl.load_keypoints(args.poses)
+    kp = media.load_keypoints(args.poses, allow_nan_coordinates=True)  # NaN x, y: points left out
     if args.align_to:
         kp = align_poses(kp, load_reference(args.align_to))
     h, w = args.size
     frames = render_video(kp, h, w, score_threshold=args.score_threshold, confidence_colors=args.confidence_colors)
-    write_mp4(args.out, frames, args.fps)
+    media.write_mp4(args.out, frames, args.fps, preset="ultrafast")
     print(f"{args.poses}: {len(frames)} frames -> {args.out}", file=sys.stderr)
     return 0
 

@@ -1,24 +1,25 @@
-"""COCO-WholeBody keypoint layout, keypoint file IO and the OpenPose-18 body view.
+"""COCO-WholeBody keypoint layout, where pose files live, and the OpenPose-18 body view.
 
 A frame's pose is float32 ``[133, 3]``: (x, y) in pixels of the frame and a detection score, in
 COCO-WholeBody order (the order DWPose outputs). A video's poses are ``[T, 133, 3]``.
 
 Pose files sit beside the video they describe, with the same stem: ``clip.mp4`` -> ``clip.npy``,
 and a folder of frames ``00001/`` -> ``00001.npy`` (see `pose_path_for`). ``.npy`` is the storage
-format; ``.json`` (a nested list ``[T][133][3]``) is accepted for hand-edited files.
+format; ``.json`` (a nested list ``[T][133][3]``) is accepted for hand-edited files. Reading, writing
+and checking them: `humandiff.media.load_keypoints` / `save_keypoints` / `validate_keypoints`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 
+from humandiff.media import NUM_KEYPOINTS
+
 PathLike = Union[str, os.PathLike]
 
-NUM_KEYPOINTS = 133
 NUM_BODY = 17
 NUM_FACE = 68
 NUM_HAND = 21
@@ -54,33 +55,6 @@ LEFT_KNEE, RIGHT_KNEE, LEFT_ANKLE, RIGHT_ANKLE = 13, 14, 15, 16
 OPENPOSE18_FROM_COCO = (0, -1, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3)
 
 
-def validate_keypoints(keypoints: np.ndarray, *, video: bool, source: str = "keypoints") -> np.ndarray:
-    """Checks the shape of a pose array and returns it as float32.
-
-    Args:
-      keypoints: ``[133, 3]`` (``video=False``) or ``[T, 133, 3]`` (``video=True``).
-      video: whether a sequence of frames is expected.
-      source: what to name in the error (a file path, an argument name).
-
-    Returns:
-      The array as float32 (a copy only if the dtype differs).
-
-    Raises:
-      ValueError: wrong rank, wrong trailing shape, or non-finite scores.
-    """
-    arr = np.asarray(keypoints)
-    want = "[T, 133, 3]" if video else "[133, 3]"
-    ndim = 3 if video else 2
-    if arr.ndim != ndim or arr.shape[-2:] != (NUM_KEYPOINTS, 3):
-        raise ValueError(f"{source}: expected COCO-WholeBody keypoints of shape {want}, got {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"{source}: expected a numeric array, got dtype {arr.dtype}")
-    arr = arr.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(arr[..., 2])):
-        raise ValueError(f"{source}: keypoint scores contain NaN or inf")
-    return arr
-
-
 def pose_path_for(video_path: PathLike) -> str:
     """Returns where a video's pose file lives: same folder, same stem, ``.npy``.
 
@@ -90,63 +64,6 @@ def pose_path_for(video_path: PathLike) -> str:
     if os.path.isdir(path):
         return path + ".npy"
     return os.path.splitext(path)[0] + ".npy"
-
-
-def save_keypoints(path: PathLike, keypoints: np.ndarray) -> None:
-    """Writes a video's keypoints ``[T, 133, 3]`` (or one frame's ``[133, 3]``) to ``.npy`` or ``.json``.
-
-    Raises:
-      ValueError: wrong shape or an unknown file extension.
-    """
-    path = os.fspath(path)
-    arr = np.asarray(keypoints)
-    arr = validate_keypoints(arr, video=arr.ndim == 3, source=f"keypoints for {path}")
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".npy":
-        np.save(path, arr, allow_pickle=False)
-    elif ext == ".json":
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(arr.tolist(), f)
-    else:
-        raise ValueError(f"{path}: keypoint files must end in .npy or .json, got {ext!r}")
-
-
-def load_keypoints(path: PathLike, *, num_frames: Optional[int] = None, video: bool = True) -> np.ndarray:
-    """Reads keypoints written by `save_keypoints` (or DWPose extraction).
-
-    Args:
-      path: ``.npy`` or ``.json`` file.
-      num_frames: if given, the number of frames the video has; the file must have exactly as many.
-      video: expect ``[T, 133, 3]`` (True) or a single frame ``[133, 3]`` (False).
-
-    Returns:
-      float32 ``[T, 133, 3]`` or ``[133, 3]``.
-
-    Raises:
-      FileNotFoundError: the file does not exist.
-      ValueError: unreadable content, wrong shape, or a frame count that differs from ``num_frames``.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pose file missing: {path}")
-    ext = os.path.splitext(path)[1].lower()
-    try:
-        if ext == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif ext == ".json":
-            with open(path, encoding="utf-8") as f:
-                arr = np.asarray(json.load(f), dtype=np.float32)
-        else:
-            raise ValueError(f"{path}: keypoint files must end in .npy or .json, got {ext!r}")
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read keypoints ({e})") from e
-    arr = validate_keypoints(arr, video=video, source=path)
-    if video and num_frames is not None and arr.shape[0] != num_frames:
-        kind = "short" if arr.shape[0] < num_frames else "long"
-        raise ValueError(
-            f"{path}: pose file too {kind}: {arr.shape[0]} frames of keypoints for a video of {num_frames} frames"
-        )
-    return arr
 
 
 def to_openpose18(keypoints: np.ndarray) -> np.ndarray:

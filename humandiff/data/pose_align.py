@@ -20,6 +20,7 @@ from typing import Tuple
 
 import numpy as np
 
+from humandiff import media
 from humandiff.data import keypoints as kpl
 
 # COCO body segments used to measure body scale.
@@ -52,8 +53,8 @@ def estimate_alignment(driving: np.ndarray, reference: np.ndarray, *, score_thre
     Raises:
       ValueError: wrong shapes, or no body segment / body point visible in both poses.
     """
-    drv = kpl.validate_keypoints(driving, video=True, source="align_poses driving")
-    ref = kpl.validate_keypoints(reference, video=False, source="align_poses reference")
+    drv = media.validate_keypoints(driving, video=True, source="align_poses driving")
+    ref = media.validate_keypoints(reference, video=False, source="align_poses reference")
     if not -drv.shape[0] <= anchor_frame < drv.shape[0]:
         raise ValueError(f"align_poses: anchor_frame {anchor_frame} out of range for {drv.shape[0]} frames")
     ref_len = _segment_lengths(ref, score_threshold)

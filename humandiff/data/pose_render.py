@@ -21,6 +21,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from humandiff import media
 from humandiff.data import keypoints as kpl
 
 # (start, end) indices into the OpenPose-18 body; only these 17 of OpenPose's 19 limbs are drawn.
@@ -143,7 +144,7 @@ def render_pose(
     Returns:
       uint8 ``[height, width, 3]`` RGB image.
     """
-    kp = kpl.validate_keypoints(keypoints, video=False, source="render_pose keypoints").astype(np.float64)
+    kp = media.validate_keypoints(keypoints, video=False, source="render_pose keypoints").astype(np.float64)
     if height <= 0 or width <= 0:
         raise ValueError(f"render_pose: height and width must be positive, got {height}x{width}")
     s = min(height, width) / 512.0 if scale is None else float(scale)
@@ -165,7 +166,7 @@ def render_video(
     scale: Optional[float] = None,
 ) -> np.ndarray:
     """Draws every frame of a ``[T, 133, 3]`` pose sequence; returns uint8 ``[T, height, width, 3]``."""
-    kp = kpl.validate_keypoints(keypoints, video=True, source="render_video keypoints")
+    kp = media.validate_keypoints(keypoints, video=True, source="render_video keypoints")
     out = np.empty((kp.shape[0], height, width, 3), np.uint8)
     for t in range(kp.shape[0]):
         out[t] = render_pose(kp[t], height, width, score_threshold=score_threshold,

@@ -81,20 +81,25 @@ def mse(pred: Array, gt: Array, *, legacy: bool = False) -> Array:
     return (d * d).mean(axis=(-3, -2, -1))
 
 
-def psnr(pred: Array, gt: Array, *, legacy: bool = False, max_val: float = 255.0) -> Array:
+def psnr(pred: Array, gt: Array, *, legacy: bool = False, max_val: float = 255.0,
+         mse_floor: float | None = None) -> Array:
     """Per-image PSNR in dB; MSE 0 gives 100 (as DisCo). `legacy=True` is DisCo's overflowing "PSNR".
 
     Args:
-      pred: uint8 `[..., H, W, C]`.
-      gt: uint8, same shape.
+      pred: uint8 `[..., H, W, C]` (or float images, with `max_val` their peak-to-peak range).
+      gt: same shape and range.
       legacy: reproduce the uint8 wrap-around of DisCo's first metric code (see the module docstring).
-      max_val: peak signal value.
+      max_val: peak signal value (2.0 for images in [-1, 1]).
+      mse_floor: if given, the MSE is raised to at least this value instead of MSE 0 giving 100 (the training
+        evaluator's convention: 1e-12, so identical images score about 126 dB at `max_val=2`).
 
     Returns:
       `[...]` PSNR values; average them over images (DisCo averages per-frame PSNR, not MSE).
     """
     xp = _xp(pred)
     m = mse(pred, gt, legacy=legacy)
+    if mse_floor is not None:
+        return 20.0 * xp.log10(max_val / xp.sqrt(xp.maximum(m, mse_floor)))
     safe = xp.where(m == 0, 1.0, m)
     value = 20.0 * xp.log10(max_val / xp.sqrt(safe))
     return xp.where(m == 0, 100.0, value)

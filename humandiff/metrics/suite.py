@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from humandiff import media
 from humandiff.metrics import image, preprocess, video_io, weights
 from humandiff.metrics.frechet import frechet_from_features
 from humandiff.weights.io import WeightsError
@@ -195,7 +196,7 @@ def evaluate(pred_dir: str, gt_dir: str, config: EvalConfig) -> dict[str, Any]:
     feats: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {m: ([], []) for m in ("fid", "fid_vid", "fvd")}
     num_frames, resolution = 0, None
     for vid, ppath, gpath in tqdm(pairs, desc="videos", unit="video"):
-        p, g = video_io.read_video(ppath), video_io.read_video(gpath)
+        p, g = media.read_video(ppath)[0], media.read_video(gpath)[0]
         if p.shape[0] != g.shape[0]:
             raise ValueError(f"video {vid}: {p.shape[0]} predicted frames ({ppath}) vs {g.shape[0]} ground truth "
                              f"({gpath})")

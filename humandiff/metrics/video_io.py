@@ -1,24 +1,19 @@
-"""Reading evaluation inputs: a folder of videos, each a folder of frames (PNG/JPG) or a video file (mp4, gif, ...).
+"""Finding evaluation inputs: a folder of videos, each a folder of frames (PNG/JPG) or a video file (mp4, gif, ...).
 
 Video ids are the sub-folder names or the file names without extension. A folder that holds frames directly (no
-sub-folders, no video files) is read as a single video with id ".".
+sub-folders, no video files) is read as a single video with id ".". The videos are read with
+`humandiff.media.read_video`.
 """
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
-from PIL import Image
+from humandiff import media
 
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".gif", ".avi", ".mov", ".webm", ".mkv")
 SPLITS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "splits")
 NAMED_SPLITS = {"tiktok": "tiktok_test.txt", "ubc_fashion": "ubc_fashion_test.txt"}
-
-
-def _frames_in(folder: str) -> list[str]:
-    return sorted(n for n in os.listdir(folder) if n.lower().endswith(FRAME_SUFFIXES))
 
 
 def list_videos(root: str) -> dict[str, str]:
@@ -28,18 +23,18 @@ def list_videos(root: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
-        if os.path.isdir(path) and _frames_in(path):
+        if os.path.isdir(path) and media.list_frames(path):
             out[name] = path
         elif os.path.isfile(path) and name.lower().endswith(VIDEO_SUFFIXES):
             vid = os.path.splitext(name)[0]
             if vid in out:
                 raise ValueError(f"video id {vid!r} appears twice in {root} (folder and file, or two files)")
             out[vid] = path
-    if not out and _frames_in(root):
+    if not out and media.list_frames(root):
         out["."] = root
     if not out:
         raise ValueError(
-            f"no videos in {root}: expected sub-folders of frames ({', '.join(FRAME_SUFFIXES)}) or video files "
+            f"no videos in {root}: expected sub-folders of frames ({', '.join(media.IMAGE_EXTS)}) or video files "
             f"({', '.join(VIDEO_SUFFIXES)})"
         )
     return out
@@ -47,30 +42,7 @@ def list_videos(root: str) -> dict[str, str]:
 
 def frame_names(path: str) -> list[str] | None:
     """Frame file names of a frame folder (None for a video file)."""
-    return _frames_in(path) if os.path.isdir(path) else None
-
-
-def read_video(path: str) -> np.ndarray:
-    """Reads all frames as uint8 RGB `[T, H, W, 3]`; errors name the file."""
-    if os.path.isdir(path):
-        frames = []
-        for name in _frames_in(path):
-            with Image.open(os.path.join(path, name)) as im:
-                frames.append(np.asarray(im.convert("RGB")))
-        shapes = {f.shape for f in frames}
-        if len(shapes) > 1:
-            raise ValueError(f"frames of {path} differ in size: {sorted(shapes)}")
-        return np.stack(frames)
-    import av  # pylint: disable=import-outside-toplevel
-
-    try:
-        with av.open(path) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    except (av.error.FFmpegError, IndexError) as e:
-        raise ValueError(f"could not decode video {path}: {e}") from e
-    if not frames:
-        raise ValueError(f"video {path} has no frames")
-    return np.stack(frames)
+    return media.list_frames(path) if os.path.isdir(path) else None
 
 
 def read_split(name_or_path: str) -> list[str]:

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from humandiff.diffusion import media
+from humandiff import media
+from humandiff.metrics import image
 from humandiff.training import optim
 from humandiff.models.scd import Models
 
@@ -56,10 +57,9 @@ def held_out_inputs(config, num_videos: int, num_frames: int) -> tuple[dict[str,
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean PSNR (dB) over frames of images in [-1, 1] (peak-to-peak 2)."""
-    a, b = np.asarray(a, np.float64).reshape(-1, *a.shape[-3:]), np.asarray(b, np.float64).reshape(-1, *b.shape[-3:])
-    mse = np.mean((np.clip(a, -1, 1) - b) ** 2, axis=(1, 2, 3))
-    return float(np.mean(10.0 * np.log10(4.0 / np.maximum(mse, 1e-12))))
+    """Mean PSNR (dB) over frames of images in [-1, 1] (peak-to-peak 2); the samples `a` are clipped to [-1, 1]."""
+    a = np.clip(np.asarray(a, np.float64), -1.0, 1.0)
+    return float(np.mean(image.psnr(a, np.asarray(b, np.float64), max_val=2.0, mse_floor=1e-12)))
 
 
 def sampling_mesh(mesh: jax.sharding.Mesh | None, num_videos: int) -> jax.sharding.Mesh | None:
@@ -142,8 +142,7 @@ def write_samples(models: Models, config, state: dict, frozen: Any, step: int, w
     frames = np.concatenate(list(rows), axis=1)  # videos stacked vertically: [F, B*H, 4*W, 3]
     out_dir = os.path.join(workdir, "samples")
     os.makedirs(out_dir, exist_ok=True)
-    from PIL import Image
-    Image.fromarray(np.concatenate(list(frames), axis=1)).save(os.path.join(out_dir, f"step_{step:07d}.png"))
+    media.write_image(os.path.join(out_dir, f"step_{step:07d}.png"), np.concatenate(list(frames), axis=1))
     _, h, w, _ = frames.shape  # H.264 needs even sides
     media.write_mp4(os.path.join(out_dir, f"step_{step:07d}.mp4"),
                     np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))), fps=8.0)

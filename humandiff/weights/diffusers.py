@@ -20,6 +20,8 @@ import numpy as np
 from humandiff.models.unet import UNET_FIELDS, UNet2DConditionModel
 from humandiff.models.vae import AutoencoderKL
 from humandiff.weights import io, keymap
+from humandiff.weights.keymap import to_state_dict
+from humandiff.weights.motion import read_motion_adapter
 
 # Old diffusers VAE attention names -> current ones.
 _LEGACY_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
@@ -76,12 +78,6 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], expected: Mapping[st
     return io.unflatten({k: jnp.asarray(np.asarray(v, np.float32)) for k, v in flat.items()})
 
 
-def to_state_dict(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    """Flax params tree -> torch state dict (numpy, float32), the inverse of `params_from_state_dict`."""
-    flat = {k: np.array(v, dtype=np.float32) for k, v in io.flatten(params).items()}  # writable copies
-    return keymap.flat_flax_to_state_dict(flat, prefix)
-
-
 unet_to_torch = to_state_dict
 vae_to_torch = to_state_dict
 
@@ -104,8 +100,6 @@ def load_unet(path: str, *, motion_adapter: str | None = None, allow_pickle: boo
     state = io.read_state_dict(path, allow_pickle=allow_pickle)
     source = path
     if motion_adapter is not None:
-        from humandiff.weights.motion import read_motion_adapter  # pylint: disable=import-outside-toplevel
-
         fields, motion_state = read_motion_adapter(motion_adapter, allow_pickle=allow_pickle)
         adapter = fields.pop("_adapter_config", {})
         for key, unet_key in (("motion_norm_num_groups", "norm_num_groups"), ("block_out_channels",) * 2,

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
+
+from humandiff.weights import io
 
 # Torch names whose own "_<digit>" suffix is part of the name, not an index.
 _KEEP_SUFFIX = frozenset({"linear_1", "linear_2"})
@@ -80,3 +83,10 @@ def state_dict_to_flat_flax(state: Mapping[str, np.ndarray], prefix: str = "") -
 def flat_flax_to_state_dict(flat: Mapping[str, np.ndarray], prefix: str = "") -> dict[str, np.ndarray]:
     """Flat Flax dict -> torch state dict (names and layouts), keys optionally prefixed."""
     return {prefix + flax_key_to_torch(k): flax_to_torch_array(np.asarray(v)) for k, v in flat.items()}
+
+
+def to_state_dict(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """Flax params tree -> torch state dict (numpy, float32), the inverse of
+    `humandiff.weights.diffusers.params_from_state_dict`."""
+    flat = {k: np.array(v, dtype=np.float32) for k, v in io.flatten(params).items()}  # writable copies
+    return flat_flax_to_state_dict(flat, prefix)

@@ -28,7 +28,7 @@ import numpy as np
 
 from humandiff.models.temporal import frame_positions
 from humandiff.weights import io
-from humandiff.weights.diffusers import to_state_dict
+from humandiff.weights.keymap import to_state_dict
 
 _ORIGINAL_TO_DIFFUSERS = ((".norms.0", ".norm1"), (".norms.1", ".norm2"), (".ff_norm", ".norm3"),
                           (".attention_blocks.0", ".attn1"), (".attention_blocks.1", ".attn2"),

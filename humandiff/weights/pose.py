@@ -15,7 +15,8 @@ import jax.numpy as jnp
 
 from humandiff.models.pose_encoder import PoseEncoder
 from humandiff.weights import io
-from humandiff.weights.diffusers import param_shapes, params_from_state_dict, to_state_dict
+from humandiff.weights.diffusers import param_shapes, params_from_state_dict
+from humandiff.weights.keymap import to_state_dict
 
 CONTROLNET_PREFIX = "controlnet_cond_embedding."
 

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from data_pipelines import fake_layouts
 from data_pipelines.pose import dwpose, extract
-from humandiff.data import keypoints as kpl
+from humandiff import media
 
 H, W = 120, 160  # frame size; the letterbox ratio to 640x640 is 4
 NUM_ANCHORS = sum((640 // s) ** 2 for s in (8, 16, 32))  # 8400
@@ -159,19 +159,19 @@ def test_missing_onnx_file_and_bad_frames(models, tmp_path):
 def test_cli_on_mp4_and_frame_folder(models, tmp_path):
     det, pose, _ = models
     video = str(tmp_path / "clip.mp4")
-    fake_layouts.write_mp4(video, _frames(5))
+    media.write_mp4(video, _frames(5))
     out = str(tmp_path / "poses" / "clip.npy")
     os.makedirs(os.path.dirname(out))
     assert extract.main(["--video", video, "--det", det, "--pose", pose, "--out", out, "--chunk", "2"]) == 0
-    kp = kpl.load_keypoints(out, num_frames=5)
+    kp = media.load_keypoints(out, num_frames=5)
     np.testing.assert_allclose(kp[:, :, :2], np.broadcast_to(_expected((100, 20, 140, 100)), (5, 133, 2)),
                                atol=1e-3)
     base = fake_layouts.write_tiktok(str(tmp_path / "tt"), num_videos=1, num_frames=2, height=H, width=W)
-    written = kpl.load_keypoints(os.path.join(base, "00001.npy"))
+    written = media.load_keypoints(os.path.join(base, "00001.npy"))
     os.remove(os.path.join(base, "00001.npy"))
     folder = os.path.join(base, "00001")  # TikTok layout: frames in 00001/images/, pose beside the folder
     assert extract.main(["--video", folder, "--det", det, "--pose", pose]) == 0
-    got = kpl.load_keypoints(os.path.join(base, "00001.npy"), num_frames=2)
+    got = media.load_keypoints(os.path.join(base, "00001.npy"), num_frames=2)
     assert got.shape == written.shape == (2, 133, 3)
     assert extract.main(["--video", folder, video, "--det", det, "--pose", pose, "--skip_existing"]) == 0
     with pytest.raises(FileNotFoundError, match="video not found"):

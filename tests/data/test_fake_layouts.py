@@ -10,6 +10,7 @@ from PIL import Image
 
 from data_pipelines import fake_layouts
 from data_pipelines.pose.openpose_json import from_openpose_json, to_openpose_json
+from humandiff import media
 from humandiff.data import keypoints as kpl
 
 
@@ -27,7 +28,7 @@ def test_tiktok_layout(tmp_path):
     mask = np.asarray(Image.open(os.path.join(base, "00002", "masks", "0003.png")))
     assert img.shape == (32, 24, 3) and mask.shape == (32, 24)
     assert set(np.unique(mask)) == {0, 255} and 0.05 < (mask > 0).mean() < 0.6
-    assert kpl.load_keypoints(os.path.join(base, "00001.npy"), num_frames=3).shape == (3, 133, 3)
+    assert media.load_keypoints(os.path.join(base, "00001.npy"), num_frames=3).shape == (3, 133, 3)
 
 
 def test_ubc_fashion_layout(tmp_path):
@@ -39,7 +40,7 @@ def test_ubc_fashion_layout(tmp_path):
             path = os.path.join(root, split, u.rsplit("/", 1)[1])
             frames = _decode(path)
             assert frames.shape == (4, 32, 24, 3)
-            kp = kpl.load_keypoints(kpl.pose_path_for(path), num_frames=len(frames))
+            kp = media.load_keypoints(kpl.pose_path_for(path), num_frames=len(frames))
             assert kp.shape == (4, 133, 3)
 
 
@@ -51,7 +52,7 @@ def test_video_folder_and_mp4_fidelity(tmp_path):
     got = _decode(str(tmp_path / "dance_0001.mp4"))
     assert np.abs(got.astype(float) - want).mean() < 6.0  # H.264 at crf 18 on flat synthetic colours
     with pytest.raises(ValueError, match="even height and width"):
-        fake_layouts.write_mp4(str(tmp_path / "odd.mp4"), np.zeros((2, 31, 32, 3), np.uint8))
+        media.write_mp4(str(tmp_path / "odd.mp4"), np.zeros((2, 31, 32, 3), np.uint8))
 
 
 def test_viton_hd_layout(tmp_path):
@@ -70,7 +71,7 @@ def test_viton_hd_layout(tmp_path):
     assert cmask.shape == amask.shape == (64, 48)
     assert set(np.unique(amask)) == {0, 255} and 0.05 < (amask > 0).mean() < 0.7
     assert (cmask > 128).mean() > 0.2
-    kp = kpl.load_keypoints(os.path.join(d, "image", "00001_00.npy"), video=False)
+    kp = media.load_keypoints(os.path.join(d, "image", "00001_00.npy"), video=False)
     with open(os.path.join(d, "openpose_json", "00001_00_keypoints.json")) as f:
         doc = json.load(f)
     assert len(doc["people"][0]["pose_keypoints_2d"]) == 75

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from humandiff import media
 from humandiff.data import keypoints as kpl
 
 
@@ -27,50 +28,50 @@ def test_layout_ranges_cover_133_points_without_overlap():
 def test_save_load_round_trip(tmp_path, ext):
     kp = _video()
     path = tmp_path / f"clip{ext}"
-    kpl.save_keypoints(path, kp)
-    got = kpl.load_keypoints(path, num_frames=3)
+    media.save_keypoints(path, kp)
+    got = media.load_keypoints(path, num_frames=3)
     assert got.dtype == np.float32 and got.shape == (3, 133, 3)
     np.testing.assert_allclose(got, kp, rtol=1e-6)
 
 
 def test_single_frame_round_trip(tmp_path):
     kp = _video(1)[0]
-    kpl.save_keypoints(tmp_path / "img.npy", kp)
-    assert kpl.load_keypoints(tmp_path / "img.npy", video=False).shape == (133, 3)
+    media.save_keypoints(tmp_path / "img.npy", kp)
+    assert media.load_keypoints(tmp_path / "img.npy", video=False).shape == (133, 3)
 
 
 def test_missing_pose_file_names_the_path(tmp_path):
     path = tmp_path / "nothere.npy"
     with pytest.raises(FileNotFoundError, match="pose file missing: .*nothere.npy"):
-        kpl.load_keypoints(path)
+        media.load_keypoints(path)
 
 
 def test_short_pose_file_is_an_error(tmp_path):
-    kpl.save_keypoints(tmp_path / "a.npy", _video(3))
+    media.save_keypoints(tmp_path / "a.npy", _video(3))
     with pytest.raises(ValueError, match=r"a.npy: pose file too short: 3 frames .* 5 frames"):
-        kpl.load_keypoints(tmp_path / "a.npy", num_frames=5)
+        media.load_keypoints(tmp_path / "a.npy", num_frames=5)
     with pytest.raises(ValueError, match="too long"):
-        kpl.load_keypoints(tmp_path / "a.npy", num_frames=2)
+        media.load_keypoints(tmp_path / "a.npy", num_frames=2)
 
 
 @pytest.mark.parametrize("shape", [(3, 17, 3), (133, 3), (3, 133, 2), (2, 3, 133, 3)])
 def test_wrong_shape_in_file_is_an_error(tmp_path, shape):
     np.save(tmp_path / "bad.npy", np.zeros(shape, np.float32))
     with pytest.raises(ValueError, match=r"bad.npy: expected COCO-WholeBody keypoints of shape \[T, 133, 3\]"):
-        kpl.load_keypoints(tmp_path / "bad.npy")
+        media.load_keypoints(tmp_path / "bad.npy")
 
 
 def test_wrong_shape_on_save_and_bad_json(tmp_path):
     with pytest.raises(ValueError, match="shape"):
-        kpl.save_keypoints(tmp_path / "x.npy", np.zeros((4, 18, 3)))
+        media.save_keypoints(tmp_path / "x.npy", np.zeros((4, 18, 3)))
     with pytest.raises(ValueError, match=".npy or .json"):
-        kpl.save_keypoints(tmp_path / "x.txt", _video())
+        media.save_keypoints(tmp_path / "x.txt", _video())
     (tmp_path / "broken.json").write_text("[[1, 2")
     with pytest.raises(ValueError, match="broken.json: cannot read keypoints"):
-        kpl.load_keypoints(tmp_path / "broken.json")
+        media.load_keypoints(tmp_path / "broken.json")
     (tmp_path / "ragged.json").write_text(json.dumps([[1, 2, 3]]))
     with pytest.raises(ValueError, match="ragged.json"):
-        kpl.load_keypoints(tmp_path / "ragged.json")
+        media.load_keypoints(tmp_path / "ragged.json")
 
 
 def test_pose_path_for(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import build
-from data_pipelines.builders import media
+from humandiff import media
 from humandiff.data import sources
 
 

@@ -134,3 +134,12 @@ def test_frame_difference_known_videos():
                                rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="F >= 2"):
         image.frame_difference(np.zeros((1, 4, 4, 3)))
+
+
+def test_psnr_of_signed_float_images_with_an_mse_floor():
+    """The training evaluator's form: images in [-1, 1] (peak-to-peak 2), MSE floored at 1e-12 (no 100 dB cap)."""
+    a = np.zeros((2, 4, 4, 3))
+    np.testing.assert_allclose(image.psnr(a, a + 0.2, max_val=2.0, mse_floor=1e-12), 10 * np.log10(4 / 0.04))
+    np.testing.assert_allclose(image.psnr(a, a, max_val=2.0, mse_floor=1e-12), 10 * np.log10(4e12))
+    assert float(image.psnr(jnp.asarray(a), jnp.asarray(a + 0.2), max_val=2.0, mse_floor=1e-12)[0]) == pytest.approx(
+        20.0, abs=1e-4)

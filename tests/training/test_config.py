@@ -1,5 +1,7 @@
 """Config loading, arg parsing and start-up validation: every bad value is rejected with its key and value."""
 
+import shutil
+
 import pytest
 
 from humandiff import config_lib
@@ -24,6 +26,14 @@ def built_root(tmp_path, names=("tiktok", "ubc_fashion", "viton_hd")) -> str:
 def test_shipped_configs_validate(spec, tmp_path):
     config = config_lib.load(spec.format(built=built_root(tmp_path)))
     config_lib.validate(config, num_devices=8 if "tiny" in spec else (4 if "runlocal" in spec else None))
+
+
+@pytest.mark.parametrize("name", ["sd15_image", "sd15_video", "sd15_tryon"])
+def test_production_configs_do_not_read_the_demo(name, tmp_path):
+    """They start from configs/common.py: with demo.py gone they load the same config."""
+    for f in ("common.py", "sd15_image.py", f"{name}.py"):
+        shutil.copy(f"configs/{f}", tmp_path / f)
+    assert config_lib.load(str(tmp_path / f"{name}.py")).to_dict() == config_lib.load(f"configs/{name}.py").to_dict()
 
 
 def test_parse_arg_types_and_flags():
