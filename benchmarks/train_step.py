@@ -65,14 +65,13 @@ def step_flops(config, encoders, mesh, example_batch) -> float:
     Not the timed executable's own count: with more queries than `model.attention_query_chunk`, XLA attention runs
     its chunks in a loop whose body the cost analysis counts once. Lowering only; nothing is compiled or allocated.
     """
-    from humandiff import train
-    from humandiff.training import modeling
+    from humandiff.training import modeling, state as state_lib
 
     whole = config.copy_and_resolve_references()
     whole.model.attention_query_chunk = 0
     models, _ = modeling.build(whole, **(encoders or {}))
-    shapes = train.abstract_state(whole, models, mesh)
-    return _flops(train.lower_step(whole, models, mesh, *shapes, example_batch))
+    shapes = state_lib.abstract_state(whole, models, mesh)
+    return _flops(state_lib.lower_step(whole, models, mesh, *shapes, example_batch))
 
 
 def _memory(compiled) -> dict:
@@ -123,26 +122,25 @@ def release_freed_memory() -> None:
 
 def build(config, workdir, encoders=None, allocate: bool = True) -> dict:
     """The compiled step, compile seconds and step FLOPs; with `allocate`, also state, frozen, batch and rng."""
-    from humandiff import train
-    from humandiff.training import checkpoint, input as train_input, modeling, sharding
+    from humandiff.training import checkpoint, input as train_input, modeling, runtime, sharding, state as state_lib
 
     mesh = sharding.make_mesh(config)
     models, pretrained = modeling.build(config, **(encoders or {}))
     it = train_input.train_iterator(config)
     local = next(it)
     # Compiled from shapes before the state exists: XLA's compile memory and the state's never add up.
-    state_shapes, frozen_shapes, state_sh, frozen_sh = train.abstract_state(config, models, mesh)
+    state_shapes, frozen_shapes, state_sh, frozen_sh = state_lib.abstract_state(config, models, mesh)
     t = time.perf_counter()
-    compiled = train.compile_step(config, models, mesh, state_shapes, frozen_shapes, state_sh, frozen_sh, local)
+    compiled = state_lib.compile_step(config, models, mesh, state_shapes, frozen_shapes, state_sh, frozen_sh, local)
     compile_s = time.perf_counter() - t
     built = {"compiled": compiled, "compile_s": compile_s, "flops": step_flops(config, encoders, mesh, local)}
     if allocate:
         release_freed_memory()  # the compiler's heap: 1.7 GB for SD-1.5
         ckpt = checkpoint.Checkpointer(workdir, 10 ** 9, 1, async_save=False)
-        built["state"], built["frozen"], *_ = train.build_state(config, models, pretrained or {}, mesh, ckpt, it)
+        built["state"], built["frozen"], *_ = state_lib.build_state(config, models, pretrained or {}, mesh, ckpt, it)
         ckpt.close()
         release_freed_memory()  # saving the frozen weights: 0.9 GB
-        built.update(batch=train_input.to_global(local, mesh), rng=train.step_rng(0, 0, mesh))
+        built.update(batch=train_input.to_global(local, mesh), rng=runtime.step_rng(0, 0, mesh))
     return built
 
 
@@ -180,11 +178,11 @@ def main() -> None:
                    help="split the CPU into this many devices, as config.mesh.cpu_devices does (0 = JAX's default)")
     p.add_argument("--out", default="benchmarks/results/train_step_cpu.json")
     args = p.parse_args()
-    from humandiff import config_lib, train
-    from humandiff.training import modeling
+    from humandiff import config_lib
+    from humandiff.training import modeling, runtime
 
-    train.use_memory_scheduler_on_cpu()  # as the trainer does
-    train.use_cpu_devices(args.cpu_devices)
+    runtime.use_memory_scheduler_on_cpu()  # as the trainer does
+    runtime.use_cpu_devices(args.cpu_devices)
 
     overrides = dict(_override(x) for x in args.set)
     forms, times = {}, {}

@@ -29,8 +29,8 @@ import numpy as np
 
 from humandiff import media
 from humandiff.metrics import image
-from humandiff.training import optim
 from humandiff.models.scd import Models
+from humandiff.training import optim, runtime
 
 
 def held_out_inputs(config, num_videos: int, num_frames: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -169,13 +169,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--raw", action="store_true", help="the raw parameters instead of the EMA")
     args = p.parse_args(argv)
-    from humandiff import config_lib, train  # noqa: PLC0415
+    from humandiff import config_lib  # noqa: PLC0415
 
     config = export.load_config(export.resolve_checkpoint(args.workdir, args.step)[0])
     # The run's CPU split (mesh.cpu_devices): the identities are then spread over the devices. Only before JAX
     # starts; called from a process that has already run JAX (a notebook), its devices stay as they are.
     try:
-        train.use_cpu_devices(config_lib.cpu_devices(config))
+        runtime.use_cpu_devices(config_lib.cpu_devices(config))
     except RuntimeError:  # "should be updated before backends are initialized"
         pass
     if config.data.source != "synthetic":

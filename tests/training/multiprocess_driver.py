@@ -14,9 +14,9 @@ import numpy as np
 
 def main(workdir: str) -> None:
     from humandiff import config_lib, train
-    from humandiff.training import input as train_input
+    from humandiff.training import input as train_input, runtime
 
-    train.maybe_initialize_distributed()
+    runtime.maybe_initialize_distributed()
     config = config_lib.load("configs/tiny_test.py", {"total_steps": 4, "log_every": 1, "ckpt.every": 4})
     config.batch_size = 4
     config.sample.num_videos = 4

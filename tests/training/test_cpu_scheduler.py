@@ -1,19 +1,19 @@
 """CPU process set-up done by the trainer before JAX starts: XLA:CPU's memory-minimising scheduler
-(`train.use_memory_scheduler_on_cpu`) and the CPU device count (`train.use_cpu_devices`), each unless the user's
+(`runtime.use_memory_scheduler_on_cpu`) and the CPU device count (`runtime.use_cpu_devices`), each unless the user's
 XLA_FLAGS already chooses. Each case runs in its own process: XLA reads XLA_FLAGS once per process."""
 
 import os
 import subprocess
 import sys
 
-from humandiff import train
+from humandiff.training import runtime
 
 # Eight 3x3 convolutions and their gradient: the concurrency-ordered schedule starts the backward pass's
 # weight-only work early, so its temporaries are larger.
 _SCRIPT = """
 import os
-from humandiff import train
-train.use_memory_scheduler_on_cpu()
+from humandiff.training import runtime
+runtime.use_memory_scheduler_on_cpu()
 import jax, jax.numpy as jnp
 
 def loss(ws, x):
@@ -39,7 +39,7 @@ def _run(xla_flags: str) -> tuple[str, int]:
 
 def test_memory_scheduler_is_added_and_shrinks_temporaries():
     flags, temp_memory = _run("--xla_force_host_platform_device_count=2")
-    assert flags == f"--xla_force_host_platform_device_count=2 {train.CPU_SCHEDULER_FLAG}"
+    assert flags == f"--xla_force_host_platform_device_count=2 {runtime.CPU_SCHEDULER_FLAG}"
     chosen = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
     flags, temp_concurrent = _run(chosen)
     assert flags == chosen  # the user's choice stands
@@ -47,9 +47,10 @@ def test_memory_scheduler_is_added_and_shrinks_temporaries():
 
 
 _DEVICES = """
-from humandiff import config_lib, train
+from humandiff import config_lib
+from humandiff.training import runtime
 config = config_lib.load("configs/demo.py")
-train.use_cpu_devices(config_lib.cpu_devices(config))
+runtime.use_cpu_devices(config_lib.cpu_devices(config))
 import jax
 print(config.mesh.cpu_devices, jax.device_count())
 """

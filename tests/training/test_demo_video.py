@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from humandiff import config_lib, train
+from humandiff.training import state as state_lib
 from humandiff.weights import io
 
 TINY_UNET = dict(sample_size=16, in_channels=3, out_channels=3, block_out_channels=[16], layers_per_block=1,
@@ -30,7 +31,7 @@ def _stage1_config(**overrides):
 
 
 def test_architecture_comes_from_stage1_config_json(tmp_path):
-    train._write_config(str(tmp_path), _stage1_config())
+    state_lib.write_config(str(tmp_path), _stage1_config())
     c = config_lib.load(f"configs/demo_video.py:stage1={tmp_path}")
     config_lib.validate(c, num_devices=1)
     assert c.task == "video" and c.model.init_checkpoint == str(tmp_path)
@@ -45,7 +46,7 @@ def test_architecture_comes_from_stage1_config_json(tmp_path):
 
 def test_merged_groups_keep_new_fields_and_drop_old_ones(tmp_path):
     """A stage-1 run older than configs/demo.py: a data.synthetic field it lacks keeps its default."""
-    train._write_config(str(tmp_path), _stage1_config())
+    state_lib.write_config(str(tmp_path), _stage1_config())
     path = tmp_path / "config.json"
     stage1 = json.loads(path.read_text())
     del stage1["data"]["synthetic"]["num_frames"]

@@ -268,17 +268,16 @@ def test_build_takes_encoder_modules_in_place_of_folders():
 
 def test_abstract_state_is_the_built_state(tmp_path):
     """The shapes a step can be compiled from before allocation equal the state `build_state` then makes."""
-    from humandiff import train
-    from humandiff.training import checkpoint, input as train_input, modeling
+    from humandiff.training import checkpoint, input as train_input, modeling, state as state_lib
 
     config = config_lib.load("configs/tiny_test.py")
     config.mesh.shape = (1, -1, 1)
     config.sharding.min_size = 200
     mesh = sharding.make_mesh(config)
     models, _ = modeling.build(config)
-    state_shapes, frozen_shapes, state_sh, frozen_sh = train.abstract_state(config, models, mesh)
+    state_shapes, frozen_shapes, state_sh, frozen_sh = state_lib.abstract_state(config, models, mesh)
     ckpt = checkpoint.Checkpointer(str(tmp_path), 10 ** 6, 1, async_save=False)
-    state, frozen, *_ = train.build_state(config, models, {}, mesh, ckpt, train_input.train_iterator(config))
+    state, frozen, *_ = state_lib.build_state(config, models, {}, mesh, ckpt, train_input.train_iterator(config))
     ckpt.close()
     describe = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), t)  # noqa: E731
     assert describe(state_shapes) == describe(state) and describe(frozen_shapes) == describe(frozen)
