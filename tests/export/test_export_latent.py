@@ -92,6 +92,7 @@ def test_torch_sampling_with_vae_and_clip_matches_jax(latent_export):
     t = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, -3)))  # noqa: E731
     got = torch_scd.animate(pipe, t(inputs["ref_image"]), t(inputs["poses"]), ref_pose=t(inputs["ref_pose"]),
                             clip_image=t(inputs["clip_image"]), num_steps=STEPS, guidance=GUIDANCE, noise=t(noise))
-    value = psnr(np.moveaxis(got.numpy(), -3, -1), frames)
-    print(f"VAE + CLIP model, {STEPS}-step DDIM, torch vs JAX: PSNR {value:.1f} dB")
-    assert value >= 40.0
+    got = np.moveaxis(got.numpy(), -3, -1)
+    err = float(np.max(np.abs(got - np.asarray(frames))))
+    print(f"VAE + CLIP model, {STEPS}-step DDIM, torch vs JAX: PSNR {psnr(got, frames):.1f} dB, max |delta| {err:.2e}")
+    assert err <= 1e-4  # measured at 133 dB PSNR (float32 summation order)

@@ -1,6 +1,6 @@
 """A video (motion-module) model through the whole export path: trainer-format checkpoint -> export (unet/ +
 motion_adapter/ + motion_module.safetensors) -> PyTorch sampling over overlapping frame windows, compared with
-the JAX pipeline on the same weights and noise (PSNR >= 40 dB)."""
+the JAX pipeline on the same weights and noise (max |delta| <= 1e-4)."""
 
 import os
 
@@ -58,8 +58,9 @@ def test_video_export_samples_like_jax(tmp_path):
     t = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, -3)))  # noqa: E731
     got = torch_scd.animate(pipe, t(inputs["ref_image"]), t(inputs["poses"]), num_steps=STEPS, guidance=GUIDANCE,
                             noise=t(noise), window=WINDOW, overlap=OVERLAP, use_ref_pose=False)
-    value = psnr(np.moveaxis(got.numpy(), -3, -1), frames)
+    got = np.moveaxis(got.numpy(), -3, -1)
+    err = float(np.max(np.abs(got - np.asarray(frames))))
     print(f"video model ({FRAMES} frames, windows of {WINDOW} / overlap {OVERLAP}), {STEPS}-step DDIM, torch vs JAX: "
-          f"PSNR {value:.1f} dB")
-    assert value >= 40.0
+          f"PSNR {psnr(got, frames):.1f} dB, max |delta| {err:.2e}")
+    assert err <= 1e-4  # measured at 124 dB PSNR (float32 summation order)
     assert os.path.isfile(out / "motion_module.safetensors")

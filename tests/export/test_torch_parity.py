@@ -2,7 +2,7 @@
 through `humandiff.torch_scd`'s processors, and a full 10-step sampling run.
 
 Tolerances: UNet outputs <= 1e-4 relative (max|delta| / max|jax|); both sides are fp32 and differ only in
-summation order (measured ~1e-6). Sampling: PSNR >= 40 dB between the decoded frames (DDIM on both sides, the
+summation order (measured ~1e-6). Sampling: max |delta| <= 1e-4 between the decoded frames (DDIM on both sides, the
 same initial noise; per-step rounding differences add up over the 10 steps).
 """
 
@@ -143,7 +143,6 @@ def test_ten_step_sampling_matches_jax(exported, pipe, inputs):
     out_t = torch_scd.animate(pipe, nchw(inputs["ref_image"]), nchw(inputs["poses"]),
                               ref_pose=nchw(inputs["ref_pose"]), num_steps=NUM_STEPS, guidance=GUIDANCE,
                               noise=nchw(noise))
-    value = psnr(nhwc(out_t), frames)
-    print(f"10-step DDIM sampling, torch vs JAX: PSNR {value:.1f} dB, max |delta| "
-          f"{np.max(np.abs(nhwc(out_t) - np.asarray(frames))):.2e}")
-    assert value >= 40.0
+    err = float(np.max(np.abs(nhwc(out_t) - np.asarray(frames))))
+    print(f"10-step DDIM sampling, torch vs JAX: PSNR {psnr(nhwc(out_t), frames):.1f} dB, max |delta| {err:.2e}")
+    assert err <= 1e-4  # measured 2.3e-6 (float32 summation order); a 3% guidance error moves frames far more
