@@ -85,12 +85,10 @@ def predict_target(models: Models, config, params: Any, batch: dict, z_ref: jax.
                            ref_keep=rep(keep), num_frames=frames)
 
 
-def draw(config, schedule: schedules.Schedule, batch: dict, rng: jax.Array) -> dict:
-    """The random draws of one step: `vae_ref`/`vae_tgt` keys (VAE posterior samples), `noise` (with offset),
-    timesteps `t` `[B]`, `ref_noise` (used when `diffusion.ref_timestep > 0`).
-
-    Latent shapes come from the batch alone: the UNet's latents have `latent_channels` and `1/downscale` the size.
-    """
+def draw(schedule: schedules.Schedule, batch: dict, rng: jax.Array) -> dict:
+    """The random draws of one step: keys `vae_ref` / `vae_tgt` (VAE posterior samples), `noise_key` (target noise,
+    drawn in `loss_given` once the latent shape is known) and `ref_key` (reference noise, used when
+    `diffusion.ref_timestep > 0`), and the timesteps `t` `[B]`."""
     k_vae, k_noise, k_t, k_ref = jax.random.split(rng, 4)
     k_vae_ref, k_vae_tgt = jax.random.split(k_vae)
     return {"vae_ref": k_vae_ref, "vae_tgt": k_vae_tgt, "noise_key": k_noise, "ref_key": k_ref,
@@ -134,7 +132,7 @@ def loss_given(models: Models, config, schedule: schedules.Schedule, params: Any
 def compute_loss(models: Models, config, schedule: schedules.Schedule, params: Any, batch: dict,
                  rng: jax.Array) -> tuple[jax.Array, dict]:
     """Scalar training loss (target only) and auxiliary metrics for one batch; the draws come from `rng`."""
-    return loss_given(models, config, schedule, params, batch, draw(config, schedule, batch, rng))
+    return loss_given(models, config, schedule, params, batch, draw(schedule, batch, rng))
 
 
 def make_train_step(models: Models, config, tx: optim.AdamW,
