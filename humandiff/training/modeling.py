@@ -14,7 +14,7 @@ import numpy as np
 from flax import linen as nn
 
 from humandiff.models.scd import Models
-from humandiff.ops.attention_config import DEFAULT_CONFIG, AttentionConfig
+from humandiff.training import sharding
 
 
 def compute_dtype(config) -> jnp.dtype:
@@ -40,7 +40,7 @@ def build(config, *, vae: nn.Module | None = None,
 
     m = config.model
     dtype = compute_dtype(config)
-    attention_config = AttentionConfig(xla_query_chunk=m.get("attention_query_chunk", DEFAULT_CONFIG.xla_query_chunk))
+    attention_config = sharding.attention_config(config)  # splash: shard axes of the mesh the step runs under
     scd = dict(attention_impl=m.attention_impl, attention_config=attention_config, interaction=m.interaction,
                pose_injection=m.pose_injection, dtype=dtype, remat=config.train.remat, **dict(m.unet_extra))
     pretrained: dict[str, Any] = {}

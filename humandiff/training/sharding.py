@@ -20,6 +20,9 @@ known, in one of two modes (`config.sharding.mode`):
 In both modes leaves smaller than `config.sharding.min_size` elements are replicated, and optimizer and EMA states
 get the sharding of the parameter they mirror (same path suffix, same shape). Batches are sharded on their leading
 dimension over `(data, fsdp)`.
+
+Attention kernels XLA cannot partition (Pallas splash) run inside `jax.shard_map` over the mesh axes that
+`attention_config` names: the batch over `(data, fsdp)`, the heads over the axis the rules give the attention heads.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from humandiff import config_lib
+from humandiff.ops.attention_config import DEFAULT_CONFIG, AttentionConfig
 from humandiff.training import logical_axes
 
 BATCH_AXES = ("data", "fsdp")
@@ -172,6 +176,32 @@ def config_shardings(config, abstract_tree: Any, mesh: Mesh) -> Any:
     if c.mode == "logical":
         return logical_tree_shardings(abstract_tree, mesh, tuple(tuple(r) for r in c.logical_rules), c.min_size)
     return tree_shardings(abstract_tree, mesh, tuple(tuple(r) for r in c.rules), c.min_size)
+
+
+def head_axis(config) -> str | None:
+    """The mesh axis `config.sharding` puts the attention heads on (q/k/v kernels' output width), or None.
+
+    Logical mode: the axis of the first `("heads", axis)` rule. Regex mode: `tensor` when a rule uses the `tensor`
+    strategy (it shards a kernel's last dimension, the heads of q/k/v). A batch axis is never a head axis (the
+    batch already uses it).
+    """
+    c = config.sharding
+    if c.mode == "logical":
+        axis = next((rule[1] for rule in c.logical_rules if rule[0] == "heads" and rule[1] is not None), None)
+    else:
+        axis = "tensor" if any(strategy == "tensor" for _, strategy in c.rules) else None
+    return None if axis in BATCH_AXES else axis
+
+
+def attention_config(config) -> AttentionConfig:
+    """The run's `AttentionConfig`: `model.attention_query_chunk` and the mesh axes splash is shard-mapped over.
+
+    The axes take effect inside a step traced under the mesh (`jax.set_mesh`, as `training.state.lower_step` does);
+    elsewhere (no context mesh) splash runs unsharded. The XLA and cuDNN paths are partitioned by XLA and ignore them.
+    """
+    return AttentionConfig(
+        xla_query_chunk=config.model.get("attention_query_chunk", DEFAULT_CONFIG.xla_query_chunk),
+        shard_batch_axes=BATCH_AXES, shard_head_axis=head_axis(config))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

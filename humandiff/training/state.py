@@ -145,7 +145,9 @@ def lower_step(config, models, mesh, state, frozen, state_sh, frozen_sh, example
     jitted = jax.jit(fn, in_shardings=(state_sh, frozen_sh, batch_sh, rep), out_shardings=(state_sh, rep),
                      donate_argnums=(0,))
     rng_abstract = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep)
-    return jitted.lower(_abstract(state, state_sh), _abstract(frozen, frozen_sh), batch_abstract, rng_abstract)
+    # Traced under the mesh: splash attention runs in shard_map over the axes of `sharding.attention_config`.
+    with jax.set_mesh(mesh):
+        return jitted.lower(_abstract(state, state_sh), _abstract(frozen, frozen_sh), batch_abstract, rng_abstract)
 
 
 def write_config(workdir: str, config) -> None:

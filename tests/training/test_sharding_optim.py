@@ -33,6 +33,25 @@ def test_mesh_from_config():
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
 
 
+def test_attention_config_names_the_batch_and_head_axes():
+    """Splash is shard-mapped over the batch axes and over the axis the sharding rules give the attention heads."""
+    from humandiff.ops.attention_config import AttentionConfig
+    from humandiff.training import modeling
+
+    config = config_lib.load("configs/tiny_test.py", {"model.attention_query_chunk": 512})
+    want = AttentionConfig(xla_query_chunk=512, shard_batch_axes=("data", "fsdp"), shard_head_axis="tensor")
+    assert sharding.attention_config(config) == want  # demo rules: ("heads", "tensor"); the mesh comes from context
+    assert modeling.build(config)[0].unet.attention_config == want
+    config.sharding.logical_rules = (("heads", "fsdp"), ("embed", "tensor"))
+    assert sharding.attention_config(config).shard_head_axis is None  # fsdp already splits the batch
+    config.sharding.logical_rules = (("embed", "fsdp"),)
+    assert sharding.attention_config(config).shard_head_axis is None
+    config.sharding.mode = "regex"
+    assert sharding.head_axis(config) is None  # the default regex rules: fsdp and replicate only
+    config.sharding.rules = RULES
+    assert sharding.head_axis(config) == "tensor"
+
+
 def test_param_shardings_follow_rules():
     config = config_lib.load("configs/tiny_test.py")
     config.mesh.shape = (1, 4, 2)
