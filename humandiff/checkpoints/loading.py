@@ -58,7 +58,7 @@ def load_trained(path: str, *, ema: bool = True, step: int | None = None, config
                  pose_encoder: str | None = None, allow_pickle: bool = False,
                  unet_overrides: dict | None = None) -> Loaded:
     """The one reader of trained models: a `humandiff.train` workdir (or one of its checkpoints) or an export
-    folder (diffusers layout, see the module docstring). Sample, evals and the trainer's `init_checkpoint` call it.
+    folder (diffusers layout, see the module docstring). `humandiff.sample` and `humandiff.training.evals` call it.
 
     A workdir is read directly (its parameters, the modules its config describes, the training schedule and
     sampler spacing); nothing is written.

@@ -85,23 +85,28 @@ def predict_target(models: Models, config, params: Any, batch: dict, z_ref: jax.
                            ref_keep=rep(keep), num_frames=frames)
 
 
-def draw(schedule: schedules.Schedule, batch: dict, rng: jax.Array) -> dict:
-    """The random draws of one step: keys `vae_ref` / `vae_tgt` (VAE posterior samples), `noise_key` (target noise,
-    drawn in `loss_given` once the latent shape is known) and `ref_key` (reference noise, used when
-    `diffusion.ref_timestep > 0`), and the timesteps `t` `[B]`."""
+def _latent_shape(models: Models, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """`[..., H, W, 3]` images -> the shape of their latents `[..., H/downscale, W/downscale, latent_channels]`."""
+    *lead, h, w, _ = image_shape
+    return (*lead, h // models.downscale, w // models.downscale, models.latent_channels)
+
+
+def draw(models: Models, config, schedule: schedules.Schedule, batch: dict, rng: jax.Array) -> dict:
+    """The random draws of one step: keys `vae_ref` / `vae_tgt` (VAE posterior samples), timesteps `t` `[B]`, the
+    target `noise` (with offset) and `ref_noise` (used when `diffusion.ref_timestep > 0`), in latent shapes."""
     k_vae, k_noise, k_t, k_ref = jax.random.split(rng, 4)
     k_vae_ref, k_vae_tgt = jax.random.split(k_vae)
-    return {"vae_ref": k_vae_ref, "vae_tgt": k_vae_tgt, "noise_key": k_noise, "ref_key": k_ref,
-            "t": schedules.sample_timesteps(k_t, batch["ref_image"].shape[0], schedule)}
+    return {"vae_ref": k_vae_ref, "vae_tgt": k_vae_tgt,
+            "t": schedules.sample_timesteps(k_t, batch["ref_image"].shape[0], schedule),
+            "noise": schedules.sample_noise(k_noise, _latent_shape(models, batch["tgt_image"].shape),
+                                            config.diffusion.noise_offset),
+            "ref_noise": jax.random.normal(k_ref, _latent_shape(models, batch["ref_image"].shape))}
 
 
 def loss_given(models: Models, config, schedule: schedules.Schedule, params: Any, batch: dict,
                draws: dict) -> tuple[jax.Array, dict]:
-    """Scalar training loss (target only) and auxiliary metrics for one batch and fixed random draws.
-
-    `draws` holds `vae_ref`, `vae_tgt` (keys, or None for the posterior mean), `t` `[B]`, and either `noise`
-    (the target noise) or `noise_key`, and either `ref_noise` or `ref_key` (see `draw`).
-    """
+    """Scalar training loss (target only) and auxiliary metrics for one batch and fixed random draws (`draw`;
+    `vae_ref` / `vae_tgt` may be None for the VAE posterior mean)."""
     keep = ~batch["drop_cond"].astype(bool)
     video = batch["tgt_image"].ndim == 5
     b = batch["ref_image"].shape[0]
@@ -109,9 +114,7 @@ def loss_given(models: Models, config, schedule: schedules.Schedule, params: Any
     z_ref = models.encode(params, batch["ref_image"], draws["vae_ref"])
     z0 = models.encode(params, _flat_frames(batch["tgt_image"], video), draws["vae_tgt"])
     z0 = z0.reshape((b, frames) + z0.shape[1:]) if video else z0
-    noise = draws["noise"] if "noise" in draws else schedules.sample_noise(draws["noise_key"], z0.shape,
-                                                                           config.diffusion.noise_offset)
-    t = draws["t"]
+    noise, t = draws["noise"], draws["t"]
     mask = None
     if config.task == "tryon":
         mask = schedules.latent_mask(batch["tryon_mask"], z0.shape[1:3])  # images only (config_lib.validate)
@@ -120,8 +123,7 @@ def loss_given(models: Models, config, schedule: schedules.Schedule, params: Any
         z_t = schedules.q_sample(schedule, z0, noise, t)
     if config.diffusion.ref_timestep > 0:
         t_ref = jnp.full((b,), config.diffusion.ref_timestep, jnp.int32)
-        ref_noise = draws["ref_noise"] if "ref_noise" in draws else jax.random.normal(draws["ref_key"], z_ref.shape)
-        z_ref = schedules.q_sample(schedule, z_ref, ref_noise, t_ref)
+        z_ref = schedules.q_sample(schedule, z_ref, draws["ref_noise"], t_ref)
     context = models.embed(params, batch.get("clip_image"), b) * keep[:, None, None]
     pred = predict_target(models, config, params, batch, z_ref, _flat_frames(z_t, video),
                           jnp.repeat(t, frames), context, keep)
@@ -132,7 +134,7 @@ def loss_given(models: Models, config, schedule: schedules.Schedule, params: Any
 def compute_loss(models: Models, config, schedule: schedules.Schedule, params: Any, batch: dict,
                  rng: jax.Array) -> tuple[jax.Array, dict]:
     """Scalar training loss (target only) and auxiliary metrics for one batch; the draws come from `rng`."""
-    return loss_given(models, config, schedule, params, batch, draw(schedule, batch, rng))
+    return loss_given(models, config, schedule, params, batch, draw(models, config, schedule, batch, rng))
 
 
 def make_train_step(models: Models, config, tx: optim.AdamW,
