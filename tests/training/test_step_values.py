@@ -12,6 +12,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -28,11 +29,7 @@ B, F, S = 2, 2, 16
 def _config(**overrides):
     c = config_lib.load("configs/tiny_test.py")
     for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        config_lib.set_dotted(c, key, value)
     return c
 
 
@@ -150,8 +147,8 @@ CASES = {
     "image_two_pass": ({}, 1),
     "image_joint_ref_timestep_min_snr": ({"train.form": "joint", "diffusion.ref_timestep": 250,
                                           "diffusion.snr_gamma": 5.0}, 1),
-    "video_two_pass": ({"task": "video", "data.num_frames": F, "model.unet_extra.motion_modules": True,
-                        "model.unet_extra.motion_max_seq_length": 4}, F),
+    "video_two_pass": ({"task": "video", "data.num_frames": F, "model.unet_extra": ml_collections.ConfigDict(
+                            {"motion_modules": True, "motion_max_seq_length": 4})}, F),
     "tryon": ({"task": "tryon"}, 1),
     "no_ref_pose_ref_timestep": ({"model.use_ref_pose": False, "diffusion.ref_timestep": 600}, 1),
     "latent_vae_clip": ({}, 1),
