@@ -29,6 +29,9 @@ def param_paths(tree: Any) -> list[str]:
     return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+NO_GRADIENT = ("vae", "image_encoder")  # encode under stop_gradient (`scd.Models.encode` / `embed`): never trained
+
+
 def trainable_mask(tree: Any, trainable: tuple[str, ...], frozen: tuple[str, ...]) -> Any:
     """Bool tree: True where the leaf is trained.
 
@@ -50,6 +53,12 @@ def trainable_mask(tree: Any, trainable: tuple[str, ...], frozen: tuple[str, ...
     mask = jax.tree_util.tree_map_with_path(one, tree)
     if not any(jax.tree_util.tree_leaves(mask)):
         raise ConfigError(f"config.optim.trainable={trainable} with frozen={frozen} leaves nothing to train")
+    idle = [p for p, m in zip(paths, jax.tree_util.tree_leaves(mask)) if m and p.split("/")[0] in NO_GRADIENT]
+    if idle:
+        raise ConfigError(f"config.optim.trainable={trainable} trains {idle[0]} and {len(idle) - 1} more parameters "
+                          f"of {sorted({p.split('/')[0] for p in idle})}, which get no gradient (they only encode "
+                          "the inputs, under stop_gradient); freeze them: config.optim.frozen=('^vae/', "
+                          "'^image_encoder/')")
     return mask
 
 

@@ -42,18 +42,15 @@ def _overlay(params: dict, loaded: dict, source: str) -> dict:
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def _load_init_checkpoint(workdir: str) -> dict:
-    """Parameters (EMA if kept) of an earlier stage's latest checkpoint, as host arrays."""
-    ckpt = checkpoint.Checkpointer(workdir, every=1, keep=1, async_save=False)
-    step = ckpt.latest_step()
-    ckpt.close()
-    if step is None:
-        raise checkpoint.CheckpointError(f"config.model.init_checkpoint={workdir!r} holds no checkpoint")
+def _load_init_checkpoint(path: str) -> dict:
+    """Parameters (EMA if kept) of an earlier stage: its workdir's latest checkpoint or an export folder, read by the
+    one trained-model reader (`checkpoints.loading.load_trained`), as host arrays."""
+    from humandiff.checkpoints import loading  # noqa: PLC0415
+
     try:
-        restored = checkpoint.restore_to_host(os.path.join(ckpt.directory, str(step), "state"))
-    except checkpoint.CheckpointError as e:
-        raise checkpoint.CheckpointError(f"config.model.init_checkpoint={workdir!r}: {e}") from e
-    return restored["ema"] if restored.get("ema") else restored["params"]
+        return loading.load_trained(path, ema=True).params
+    except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:  # incl. ExportError, WeightsError
+        raise checkpoint.CheckpointError(f"config.model.init_checkpoint={path!r}: {e}") from e
 
 
 def _state_init(config, models) -> Any:

@@ -108,6 +108,14 @@ def test_regex_matching_nothing_is_an_error(trainable, frozen, key):
         optim.trainable_mask(_tree(), trainable, frozen)
 
 
+def test_training_the_vae_or_image_encoder_is_refused():
+    """They encode inputs under stop_gradient: a regex that "trains" them would change nothing."""
+    with pytest.raises(ConfigError, match=r"trains vae/decoder/kernel and 0 more parameters of \['vae'\], which get no "
+                                          r"gradient"):
+        optim.trainable_mask(_tree(), (".*",), ())
+    optim.trainable_mask(_tree(), (".*",), (r"^vae/",))  # frozen: fine
+
+
 def test_nothing_trainable_is_an_error():
     with pytest.raises(ConfigError, match="nothing to train"):
         optim.trainable_mask(_tree(), (".*",), (".*",))
