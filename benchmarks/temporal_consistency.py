@@ -39,7 +39,7 @@ from humandiff.weights import io
 
 def static_inputs(config, num_videos: int, num_frames: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Sampler inputs whose target poses are the reference's own pose F times; truth = the reference F times."""
-    held, _ = evals.held_out_inputs(config, num_videos, 1)
+    held, _ = evals.held_out(config, "test", num_videos, 1)
     inputs = {"ref_image": held["ref_image"], "ref_pose": held["ref_pose"],
               "poses": np.repeat(held["ref_pose"][:, None], num_frames, axis=1)}
     return inputs, np.repeat(held["ref_image"][:, None], num_frames, axis=1)
@@ -70,8 +70,8 @@ def video_metrics(frames: np.ndarray, truth: np.ndarray) -> dict:
             "psnr_per_video": [round(float(p), 3) for p in per_psnr]}
 
 
-def _sample(models, config, params, inputs, seed: int) -> tuple[np.ndarray, float]:
-    sample_fn = evals.make_sampler_fn(models, config)
+def _sample(models, config, params, inputs, seed: int, num_frames: int) -> tuple[np.ndarray, float]:
+    sample_fn = evals.make_sampler_fn(models, config, num_frames)  # one temporal window covers the whole video
     t0 = time.perf_counter()
     frames = np.asarray(sample_fn(params, inputs, jax.random.key(seed), config.sample.guidance_scale))
     return frames, time.perf_counter() - t0
@@ -84,7 +84,6 @@ def run(args) -> tuple[dict, dict]:
         raise ValueError(f"{args.workdir}/config.json: model.unet_extra.motion_modules is off; pass a video-stage "
                          "(configs/demo_video.py) workdir")
     config.unlock()
-    config.sample.num_frames = args.frames  # one temporal window covers the whole video
     if args.steps:
         config.sample.num_steps = args.steps
     if args.guidance is not None:
@@ -96,7 +95,7 @@ def run(args) -> tuple[dict, dict]:
                 "motion_trained": (models, params)}
     rows, frames = {}, {}
     for name, (m, p) in variants.items():
-        frames[name], seconds = _sample(m, config, p, inputs, args.seed)
+        frames[name], seconds = _sample(m, config, p, inputs, args.seed, args.frames)
         rows[name] = dict(video_metrics(frames[name], truth), seconds_incl_compile=round(seconds, 2))
     result = {
         "workdir": os.path.abspath(args.workdir), "step": trained.step, "ema": trained.ema,

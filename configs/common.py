@@ -93,8 +93,27 @@ def base(interaction: str, use_ref_pose: bool, form: str) -> ml_collections.Conf
     c.ckpt.keep = 3  # checkpoints kept
     c.ckpt.async_save = True  # write checkpoints in a background thread
 
-    c.sample = ml_collections.ConfigDict()
+    c.sample = ml_collections.ConfigDict()  # the model's sampling settings (the evaluations use them)
     c.sample.timestep_spacing = "trailing"  # trailing (zero-SNR) | leading | linspace
+
+    # Evaluations during and after training, by name (humandiff/training/evals.py; `type` picks the evaluator). Both
+    # read the run's own data from `split`: synthetic test identities, a built dataset's test split, VITON-HD pairs.
+    c.evals = ml_collections.ConfigDict()
+    c.evals.heldout = ml_collections.ConfigDict(dict(
+        type="heldout",  # sample held-out examples; PSNRs against the true frames, media under evals/heldout/
+        every=0,  # steps between runs (0 = only at the end of training)
+        split="test",  # data split of the held-out examples
+        num_videos=4,  # held-out examples (split over the mesh's data axis when they divide evenly over it)
+        num_frames=8,  # target frames per example
+        seed=0,  # sampling noise seed (the same at every run, so runs compare)
+    ))
+    c.evals.loss = ml_collections.ConfigDict(dict(
+        type="loss",  # the training loss on held-out batches, fixed timesteps and noise
+        every=0,  # steps between runs (0 = only at the end of training)
+        split="test",  # data split of the held-out batches
+        num_batches=2,  # batches of batch_size examples
+        seed=0,  # seed of the batches' timesteps and noise
+    ))
 
     c.profile = ml_collections.ConfigDict()
     c.profile.start_step = 0  # first profiled step (0 = profiling off)

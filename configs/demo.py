@@ -70,14 +70,13 @@ def get_config(arg=None):
 
     c.ckpt.every = 250  # steps between checkpoints
 
-    c.sample.every = 0  # steps between sample grids/videos (0 = only once, at the end)
     c.sample.sampler = "dpmsolver++"  # ddim | dpmsolver++ (DPM-Solver++ 2M) | euler
     c.sample.num_steps = 5  # denoising steps (DPM-Solver++ with 5 scored above 10 and 20, and above DDIM with 10)
     c.sample.guidance_scale = 1.25  # classifier-free guidance on the reference (1.25 > 1.5 > 2 > 3 in PSNR)
     # Held-out synthetic identities sampled (test split: never trained on), split over the devices. Per identity the
     # gain over copying the reference varies with SD about 2 dB, so 4 identities left an SE of about 1 dB; 16 halve it.
-    c.sample.num_videos = 16
-    c.sample.num_frames = 8  # frames per sampled video
+    c.evals.heldout.num_videos = 16
+    c.evals.heldout.num_frames = 8  # target frames per identity
 
     if arg.runlocal:
         c.total_steps = 20
@@ -85,9 +84,9 @@ def get_config(arg=None):
         c.batch_size = 4
         c.data.synthetic.num_videos = 8
         c.ckpt.every = 10
-        c.sample.every = 0
         c.sample.num_steps = 4
-        c.sample.num_videos = 2
-        c.sample.num_frames = 2
+        c.evals.heldout.num_videos = 2
+        c.evals.heldout.num_frames = 2
+        c.evals.loss.num_batches = 1
         c.log_every = 5
     return c

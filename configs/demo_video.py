@@ -92,11 +92,11 @@ def get_config(arg=None):
     c.data.num_frames = 8  # target frames per clip
     c.data.stride = 1  # source frames between consecutive target frames (small motion: consistent appearance)
     c.ckpt.every = 100  # steps between checkpoints
-    c.sample.num_frames = 8  # frames per sampled video (one temporal window)
-    c.sample.num_videos = 4  # held-out identities (as its README numbers were; the image demo samples 16)
+    c.evals.heldout.num_frames = 8  # frames per sampled video (one temporal window)
+    c.evals.heldout.num_videos = 4  # held-out identities (as its README numbers were; the image demo samples 16)
     c.sample.sampler, c.sample.num_steps, c.sample.guidance_scale = "ddim", 10, 2.0  # as its README numbers were
     if arg.runlocal:
         c.total_steps, c.batch_size, c.log_every = 4, 1, 2
-        c.data.num_frames = c.sample.num_frames = 3
+        c.data.num_frames = c.evals.heldout.num_frames = 3
         c.ckpt.every = 2
     return c

@@ -73,12 +73,13 @@ def get_config(arg=None):
 
     c.ckpt.every = 1000  # steps between checkpoints
     c.ckpt.keep = 3  # checkpoints kept
-    c.sample.every = 2000  # steps between sample grids
-    c.sample.sampler = "ddim"  # sampler of the periodic samples
-    c.sample.num_steps = 20  # DDIM steps of the periodic samples
+    c.sample.sampler = "ddim"  # the model's sampler (evaluations and the sample CLI's default)
+    c.sample.num_steps = 20  # DDIM steps
     c.sample.guidance_scale = 3.5  # CFG on the reference
-    c.sample.num_frames = 16  # frames per sampled video
-    c.sample.num_videos = 4  # held-out identities (split over the data axis when they divide evenly over it)
+    c.evals.heldout.every = 2000  # steps between held-out sample grids
+    c.evals.heldout.num_frames = 16  # frames per sampled video
+    c.evals.loss.every = 500  # steps between held-out losses
+    c.evals.loss.num_batches = 4  # held-out batches
 
     if arg.runlocal:
         config_lib.shrink_for_local(c)

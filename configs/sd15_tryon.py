@@ -27,6 +27,8 @@ def get_config(arg=None):
     c.data.name = "viton_hd"  # VITON-HD dataset written by data_pipelines.build
     c.data.resolution = (512, 384)  # (height, width), pixels
     c.data.drop_prob = 0.1  # drop the garment reference for CFG
+    c.evals.heldout.split = c.evals.loss.split = "test_paired"  # each person wears the garment shown: a true target
+    c.evals.heldout.num_frames = 1  # try-on samples images
     if arg.runlocal:
         config_lib.shrink_for_local(c)
     return c

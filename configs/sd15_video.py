@@ -31,7 +31,7 @@ def get_config(arg=None):
     c.data.num_frames = 24  # target frames per clip
     c.data.stride = 4  # source frames between consecutive target frames
     c.train.remat = True  # 24 frames at 768x512 need rematerialisation
-    c.sample.num_frames = 24  # frames per sampled video
+    c.evals.heldout.num_frames = 24  # frames per sampled video
     if arg.runlocal:
         config_lib.shrink_for_local(c)
         c.model.unet_extra.motion_modules = True

@@ -20,5 +20,5 @@ def get_config(arg=None):
     c.optim.ema_decay = 0.9  # fast EMA so tests can see it move
     c.data.num_threads = 0  # read in the main thread (deterministic, no thread start-up)
     c.data.prefetch = 0  # no prefetch buffer
-    c.sample.num_videos = 1  # sampled identities
+    c.evals.heldout.num_videos = 1  # sampled identities
     return c

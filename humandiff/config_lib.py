@@ -39,6 +39,9 @@ SHARDING_MODES = ("logical", "regex")
 LOGICAL_AXES = ("conv_h", "conv_w", "conv_in", "conv_out", "embed", "heads", "mlp", "temb", "norm", "pos")
 DATA_SOURCES = ("synthetic", "tfds")
 TASKS = ("image", "video", "tryon")
+# Fields of each evaluator type in config.evals (humandiff.training.evals.EVALUATORS); every entry has `type`.
+EVAL_FIELDS = {"heldout": ("every", "split", "num_videos", "num_frames", "seed"),
+               "loss": ("every", "split", "num_batches", "seed")}
 # (key, allowed values) of every enumerated config field, checked in this order by `validate`.
 CHOICES = (("task", TASKS), ("model.interaction", INTERACTIONS), ("model.pose_injection", POSE_INJECTIONS),
            ("model.attention_impl", ATTENTION_IMPLS), ("diffusion.prediction_type", PREDICTION_TYPES),
@@ -281,6 +284,34 @@ def cpu_devices(config: ml_collections.ConfigDict) -> int:
     return count
 
 
+def validate_evals(config: ml_collections.ConfigDict) -> None:
+    """Checks `config.evals`: each entry's type, that it has exactly its type's fields, and their values."""
+    for name, entry in _get(config, "evals").items():
+        key = f"evals.{name}"
+        kind = entry.get("type") if isinstance(entry, (Mapping, ml_collections.ConfigDict)) else None
+        if kind not in EVAL_FIELDS:
+            _fail(f"{key}.type", kind, f"expected one of {tuple(EVAL_FIELDS)}")
+        fields = set(entry) - {"type"}
+        for field in sorted(fields ^ set(EVAL_FIELDS[kind])):
+            why = "is not a field of" if field in fields else "is missing; it is a field of"
+            raise ConfigError(f"config.{key}.{field} {why} type {kind!r} (fields: {', '.join(EVAL_FIELDS[kind])})")
+        for field in ("num_videos", "num_frames", "num_batches"):
+            if field in entry:
+                _positive(config, f"{key}.{field}")
+        _positive(config, f"{key}.every", allow_zero=True)
+        for field in ("every", "num_videos", "num_frames", "num_batches", "seed"):
+            if field in entry and (not isinstance(entry[field], int) or isinstance(entry[field], bool)):
+                _fail(f"{key}.{field}", entry[field], "expected an integer")
+        if not isinstance(entry.split, str) or not entry.split:
+            _fail(f"{key}.split", entry.split, "expected a split name")
+        if config.data.source == "synthetic":
+            from humandiff.data.synthetic import SPLITS  # noqa: PLC0415
+            if entry.split not in SPLITS:
+                _fail(f"{key}.split", entry.split, f"the synthetic source has the splits {SPLITS}")
+        if kind == "heldout" and config.task == "tryon" and entry.num_frames != 1:
+            _fail(f"{key}.num_frames", entry.num_frames, "try-on samples images (1 frame)")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Rejects bad values before anything is built, naming the key and the value.
 
@@ -297,7 +328,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                 "diffusion.num_train_timesteps", "log_every", "ckpt.every", "ckpt.keep", "sample.num_steps"):
         _positive(config, key)
     for key in ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "diffusion.noise_offset",
-                "diffusion.snr_gamma", "sample.every", "sample.guidance_scale"):
+                "diffusion.snr_gamma", "sample.guidance_scale"):
         _positive(config, key, allow_zero=True)
     if config.optim.schedule == "wsd":
         _positive(config, "optim.decay_steps")
@@ -349,6 +380,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if config.model.motion_modules_path and not config.model.unet_dir:
         _fail("model.motion_modules_path", config.model.motion_modules_path,
               "motion modules are loaded together with the base UNet: set model.unet_dir too")
+    validate_evals(config)
     cpu_devices(config)
     if num_devices is not None:
         shape = mesh_shape(config, num_devices)
@@ -381,6 +413,12 @@ def shrink_for_local(config: ml_collections.ConfigDict) -> ml_collections.Config
     c.data.stride = 1
     c.data.num_threads, c.data.prefetch, c.data.num_workers = 0, 0, 0
     c.batch_size, c.total_steps, c.log_every = 4, 20, 5
-    c.ckpt.every, c.sample.every, c.sample.num_steps, c.sample.num_frames = 10, 0, 4, 2
+    c.ckpt.every, c.sample.num_steps = 10, 4
+    for entry in c.evals.values():
+        entry.every = 0
+        if entry.type == "heldout":
+            entry.num_videos, entry.num_frames = 2, 1 if c.task == "tryon" else 2
+        if entry.type == "loss":
+            entry.num_batches = 1
     c.mesh.shape = (-1, 1, 1)
     return c

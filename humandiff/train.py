@@ -1,8 +1,9 @@
 r"""Train SCD: `python -m humandiff.train --config configs/X.py[:args] --workdir DIR [--config.key=value ...]`.
 
-Reads top to bottom in sections: mesh, input, model, shard, step, ckpt, evals, loop. The step math lives in
+Reads top to bottom in sections: mesh, input, model, shard + ckpt, evals, step, loop. The step math lives in
 `humandiff/training/step.py`, state init / restore and the step's compilation in `humandiff/training/state.py`, the
-process set-up in `humandiff/training/runtime.py`; this file wires them to data, checkpoints, metrics and samples.
+process set-up in `humandiff/training/runtime.py`; this file wires them to data, checkpoints, metrics and
+the evaluations (`humandiff/training/evals.py`).
 
 Multi-process: when the usual cluster environment is present (TPU pod, SLURM, or `JAX_COORDINATOR_ADDRESS` +
 `JAX_NUM_PROCESSES` + `JAX_PROCESS_ID` as set by `launch/local_multiprocess.sh`), `jax.distributed.initialize()` runs
@@ -11,7 +12,6 @@ first; every process then loads its own share of each global batch.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -29,20 +29,20 @@ from humandiff.training import checkpoint, evals, input as train_input, modeling
 from humandiff.training.writer import MetricWriter
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (path[:arg]).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and samples.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and evaluations.")
 
 
 def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None = None,
                        pretrained: dict | None = None, dataset: Any = None, transform: Any = None,
-                       sample_fn: Any = None, stop_after: int | None = None, hook: Any = None) -> list[dict]:
+                       evaluators: dict | None = None, stop_after: int | None = None, hook: Any = None) -> list[dict]:
     """Runs (or resumes) training to `config.total_steps`; returns the logged metrics (one dict per log step).
 
     Args:
       config: validated training config.
-      workdir: checkpoints (`checkpoints/`, `frozen/`), TensorBoard events (`tb/`) and samples (`samples/`).
+      workdir: checkpoints (`checkpoints/`, `frozen/`), TensorBoard events (`tb/`) and evaluations (`evals/`).
       models, pretrained: module bundle and pretrained params (default: `modeling.build(config)`).
       dataset, transform: grain MapDataset of records and per-example transform (default: from config.data).
-      sample_fn: `(state, frozen, step, workdir, writer) -> None` writing samples (default: evals for the task).
+      evaluators: name -> evaluator (`evals.build`; default: those of `config.evals`; `{}`: none).
       stop_after: stop after this many steps of this run *without* a final checkpoint (simulates a hard kill).
       hook: `(step) -> None` called after every step (tests send signals from here).
     """
@@ -72,15 +72,14 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
     logging.info("parameters: %d trainable, %d frozen", modeling.count_params(state["params"]),
                  modeling.count_params(frozen))
 
+    # ---------------------------------------------------------------------------------------------- evals
+    if evaluators is None:  # their held-out data is read now, before the step compiles; they compile once
+        evaluators = evals.build(models, config, mesh)
+
     # ----------------------------------------------------------------------------------------------- step
     first = next(data_iter)
     compiled = state_lib.compile_step(config, models, mesh, state, frozen, state_sh, frozen_sh, first)
-
-    # ---------------------------------------------------------------------------------------------- evals
     writer = MetricWriter(os.path.join(workdir, "tb"))
-    if sample_fn is None:
-        sampler = evals.make_sampler_fn(models, config, evals.sampling_mesh(mesh, config.sample.num_videos))
-        sample_fn = functools.partial(evals.write_samples, models, config, sample_fn=sampler)  # compiled once
 
     # ----------------------------------------------------------------------------------------------- loop
     ckpt.install_sigterm_handler()
@@ -135,13 +134,14 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
                 if ckpt.latest_step() != done:
                     ckpt.save(done, state, data_iter, force=True)
                 break
-            if config.sample.every and done % config.sample.every == 0 and done < config.total_steps:
-                sample_fn(state, frozen, done, workdir, writer)
+            due = {name: e for name, e in evaluators.items() if evals.due(config, name, done)}
+            if due:
+                evals.run(due, state, frozen, done, workdir, writer)
         else:
             if config.total_steps > start:
                 if ckpt.latest_step() != config.total_steps:
                     ckpt.save(config.total_steps, state, data_iter, force=True)
-                sample_fn(state, frozen, config.total_steps, workdir, writer)
+                evals.run(evaluators, state, frozen, config.total_steps, workdir, writer)
     finally:
         bar.close()
         ckpt.close()

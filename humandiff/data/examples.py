@@ -3,6 +3,7 @@
 Image stage: reference and target frames from the same video, at least `min_margin` frames apart.
 Video stage: `num_frames` frames `stride` apart plus a reference frame from anywhere in the video.
 Try-on: garment as reference, person as target, agnostic mask as `tryon_mask`.
+Held-out (the trainer's evaluations): `held_out_video` makes a fixed example of a video record.
 Each op draws everything random from the per-example generator grain passes in, so an example depends
 only on (seed, index) and a restored iterator reproduces it exactly.
 """
@@ -119,6 +120,40 @@ class VideoExampleOp:
             "drop_cond": np.bool_(rng.random() < o.drop_prob),
         }
         return example
+
+
+def held_out_video(record: dict[str, Any], options: ExampleOptions, num_frames: int) -> dict[str, np.ndarray]:
+    """A fixed evaluation example of a video record: frame 0 is the reference, `num_frames` targets spread evenly
+    over the rest (so the reference is rarely a good copy of them), the whole frame centred, no flip.
+
+    Returns:
+        `ref_image [H,W,3]`, `ref_pose [H,W,3]`, `tgt_image [F,H,W,3]`, `tgt_pose [F,H,W,3]` (as the ops above).
+
+    Raises:
+        ValueError: the video has fewer than `1 + num_frames` frames (names the video).
+    """
+    o = options
+    frames, kp, vid = _frames_and_keypoints(record)
+    if len(frames) < 1 + num_frames:
+        raise ValueError(f"video {vid}: {len(frames)} frames; a held-out example needs 1 reference + {num_frames} "
+                         "target frames (lower the evaluation's num_frames)")
+    stride = (len(frames) - 1) // num_frames
+    ref_img = transforms.open_frame(frames[0])
+    src_w, src_h = ref_img.size
+    whole = transforms.sample_geometry(np.random.default_rng(0), src_h, src_w, o.height, o.width, (1.0, 1.0), 0.0,
+                                       o.crop_mode)
+    g = dataclasses.replace(whole, x0=(src_w - whole.box_w) / 2, y0=(src_h - whole.box_h) / 2)
+
+    def one(i: int) -> tuple[np.ndarray, np.ndarray]:
+        image = transforms.apply_geometry(ref_img if i == 0 else transforms.open_frame(frames[i]), g)
+        pose = _render(transforms.transform_keypoints(_frame_keypoints(kp, i, vid), g), o.height, o.width,
+                       o.score_threshold)
+        return transforms.to_signed_float(image), pose
+
+    ref_image, ref_pose = one(0)
+    targets = [one(1 + stride * t) for t in range(num_frames)]
+    return {"ref_image": ref_image, "ref_pose": ref_pose, "tgt_image": np.stack([t[0] for t in targets]),
+            "tgt_pose": np.stack([t[1] for t in targets])}
 
 
 class TryOnExampleOp:

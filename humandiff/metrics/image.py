@@ -68,8 +68,9 @@ def l1_disco(pred: Array, gt: Array) -> Array:
     return err.mean(axis=(-3, -2, -1))
 
 
-def mse(pred: Array, gt: Array, *, legacy: bool = False) -> Array:
-    """Per-image mean squared error in 0-255 units; `legacy=True` reproduces DisCo's uint8 wrap-around."""
+def mse(pred: Array, gt: Array, *, legacy: bool = False, mask: Array | None = None) -> Array:
+    """Per-image mean squared error in 0-255 units; `legacy=True` reproduces DisCo's uint8 wrap-around.
+    `mask` (`[..., H, W, 1]`, 1 = counted): the mean over the masked pixels only (try-on's generated region)."""
     _check_pair(pred, gt)
     xp = _xp(pred)
     if legacy:
@@ -78,11 +79,14 @@ def mse(pred: Array, gt: Array, *, legacy: bool = False) -> Array:
         sq = (d * d) % 256
         return _float(sq).mean(axis=(-3, -2, -1))
     d = _float(pred) - _float(gt)
-    return (d * d).mean(axis=(-3, -2, -1))
+    if mask is None:
+        return (d * d).mean(axis=(-3, -2, -1))
+    w = xp.broadcast_to(_float(mask), d.shape)
+    return (w * d * d).sum(axis=(-3, -2, -1)) / xp.maximum(w.sum(axis=(-3, -2, -1)), 1.0)
 
 
 def psnr(pred: Array, gt: Array, *, legacy: bool = False, max_val: float = 255.0,
-         mse_floor: float | None = None) -> Array:
+         mse_floor: float | None = None, mask: Array | None = None) -> Array:
     """Per-image PSNR in dB; MSE 0 gives 100 (as DisCo). `legacy=True` is DisCo's overflowing "PSNR".
 
     Args:
@@ -92,12 +96,13 @@ def psnr(pred: Array, gt: Array, *, legacy: bool = False, max_val: float = 255.0
       max_val: peak signal value (2.0 for images in [-1, 1]).
       mse_floor: if given, the MSE is raised to at least this value instead of MSE 0 giving 100 (the training
         evaluator's convention: 1e-12, so identical images score about 126 dB at `max_val=2`).
+      mask: `[..., H, W, 1]`, 1 where pixels count (see `mse`).
 
     Returns:
       `[...]` PSNR values; average them over images (DisCo averages per-frame PSNR, not MSE).
     """
     xp = _xp(pred)
-    m = mse(pred, gt, legacy=legacy)
+    m = mse(pred, gt, legacy=legacy, mask=mask)
     if mse_floor is not None:
         return 20.0 * xp.log10(max_val / xp.sqrt(xp.maximum(m, mse_floor)))
     safe = xp.where(m == 0, 1.0, m)

@@ -69,13 +69,8 @@ def abstract_batch(local: dict[str, np.ndarray], mesh: Mesh, process_count: int 
             for k, v in local.items()}
 
 
-def data_config(config, *, held_out: bool = False):
-    """The `humandiff.data.loader` config for a training config (stage and global batch from the top level).
-
-    Args:
-      config: training config.
-      held_out: synthetic source only: the evaluation identities (seed offset 100000, never trained on).
-    """
+def data_config(config):
+    """The `humandiff.data.loader` config for a training config (stage and global batch from the top level)."""
     from humandiff.data import loader
 
     dc = loader.default_config()
@@ -87,9 +82,6 @@ def data_config(config, *, held_out: bool = False):
     dc.num_frames = config.data.num_frames
     dc.stage = config.task
     dc.batch_size = config.batch_size
-    if held_out:
-        dc.synthetic.seed = dc.synthetic.seed + 100_000
-        dc.shuffle, dc.flip, dc.drop_prob = False, False, 0.0
     return dc
 
 

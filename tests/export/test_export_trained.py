@@ -23,8 +23,8 @@ def test_export_of_a_trained_checkpoint(tmp_path):
     from humandiff import config_lib, train  # noqa: PLC0415
 
     config = config_lib.load(CONFIG_SPEC)  # unmodified, so the compiled step is the training tests' one
-    config.total_steps, config.ckpt.every, config.log_every, config.sample.every = 2, 2, 1, 0
-    train.train_and_evaluate(config, str(tmp_path / "run"), sample_fn=lambda *a: None)
+    config.total_steps, config.ckpt.every, config.log_every = 2, 2, 1
+    train.train_and_evaluate(config, str(tmp_path / "run"))  # its evaluations (config.evals) run at the end
     trained = export.read_checkpoint(str(tmp_path / "run"), ema=True)  # config from <workdir>/config.json
     assert trained.step == 2
     assert trained.config.model.interaction == config.model.interaction
@@ -48,16 +48,26 @@ def test_export_of_a_trained_checkpoint(tmp_path):
 
 
 def _held_out_check(workdir):
-    """`python -m humandiff.training.evals WORKDIR`: the trainer's held-out PSNRs on a chosen number of identities."""
+    """`python -m humandiff.training.evals WORKDIR`: the run's own evaluations on its checkpoint give the numbers
+    the trainer wrote at its end; overrides (more identities) write beside them."""
     import json  # noqa: PLC0415
     import os  # noqa: PLC0415
 
     from humandiff.training import evals  # noqa: PLC0415
 
-    result = evals.main([workdir, "--num_videos", "2", "--num_frames", "2"])
-    assert result["step"] == 2 and result["ema"] and result["num_videos"] == 2
+    result = evals.main([workdir])
+    assert set(result) == {"heldout", "loss"}
+    for name, values in result.items():
+        with open(os.path.join(workdir, "evals", name, "step_0000002.json")) as fh:
+            trainer = json.load(fh)
+        metrics = {k: v for k, v in trainer.items() if k not in ("step", "num_videos", "num_frames")}
+        assert values["step"] == 2 and values["ema"]
+        # Same data, seed and parameters on the same 8-device layout: equal within float32 rounding.
+        assert {k: values[k] for k in metrics} == pytest.approx(metrics, rel=1e-6, abs=1e-6), name
+    result = evals.main([workdir, "--eval", "heldout", "--num_videos", "2", "--num_frames", "2"])["heldout"]
+    assert result["num_videos"] == 2 and result["num_frames"] == 2
     assert all(5.0 < result[k] < 60.0 for k in ("psnr_scd", "psnr_no_ref", "psnr_copy_ref")), result
-    with open(os.path.join(workdir, "samples", "heldout_step_0000002_2x2.json")) as fh:
+    with open(os.path.join(workdir, "evals", "heldout", "cli", "step_0000002_num_frames=2_num_videos=2.json")) as fh:
         assert json.load(fh) == result
     _held_out_check_in_new_processes(workdir, result)
 
@@ -67,8 +77,8 @@ import sys, jax
 if sys.argv[2] == "after_jax":
     jax.devices()  # a notebook that has already run JAX: its devices stay as they are
 from humandiff.training import evals
-result = evals.main([sys.argv[1], "--num_videos", "2", "--num_frames", "2"])
-print(jax.device_count(), result["psnr_scd"])
+result = evals.main([sys.argv[1], "--eval", "heldout", "--num_videos", "2", "--num_frames", "2"])
+print(jax.device_count(), result["heldout"]["psnr_scd"])
 """
 
 

@@ -2,7 +2,8 @@
 
 Run under launch/local_multiprocess.sh (2 processes x 2 devices) or alone with 4 devices; every record of the
 dataset is the same example, so the global batch is identical however the records are split over processes. The
-end-of-run samples (4 held-out identities, one per device of the `data` axis) go through the trainer's sampler.
+end-of-run evaluations (4 held-out identities, one per device of the `data` axis; the held-out loss) run as in
+the trainer.
 Usage: python tests/training/multiprocess_driver.py WORKDIR
 """
 
@@ -19,7 +20,7 @@ def main(workdir: str) -> None:
     runtime.maybe_initialize_distributed()
     config = config_lib.load("configs/tiny_test.py", {"total_steps": 4, "log_every": 1, "ckpt.every": 4})
     config.batch_size = 4
-    config.sample.num_videos = 4
+    config.evals.heldout.num_videos = 4
     one = next(train_input.train_iterator(config, process_index=0, process_count=1))
     example = {k: np.asarray(v[0]) for k, v in one.items()}
     example["drop_cond"] = np.asarray(False)

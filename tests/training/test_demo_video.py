@@ -84,10 +84,10 @@ def test_stage2_trains_motion_modules_from_stage1_workdir(tmp_path):
     """Stage 1 (2 steps) -> stage 2 (runlocal): loads stage 1's EMA, trains only motion modules, saves them."""
     stage1 = tmp_path / "stage1"
     config1 = _stage1_config(total_steps=2, batch_size=8, **{"ckpt.every": 2})
-    train.train_and_evaluate(config1, str(stage1), sample_fn=lambda *a: None)
+    train.train_and_evaluate(config1, str(stage1), evaluators={})
     config2 = config_lib.load(f"configs/demo_video.py:runlocal,stage1={stage1}")
     config2.batch_size = 8  # one clip per fake device
-    history = train.train_and_evaluate(config2, str(tmp_path / "stage2"), sample_fn=lambda *a: None)
+    history = train.train_and_evaluate(config2, str(tmp_path / "stage2"), evaluators={})
     assert history and all(np.isfinite(h["loss"]) and h["skipped"] == 0 for h in history)
     from humandiff.checkpoints import export
     before = io.flatten(export.read_checkpoint(str(stage1), ema=True).params)

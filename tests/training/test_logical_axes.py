@@ -191,7 +191,7 @@ def test_jitted_step_on_logically_sharded_params(tmp_path, caplog):
 
     caplog.set_level(logging.INFO)
     config = _tiny((2, 2, 2), **{"total_steps": 1, "log_every": 1, "ckpt.every": 1})
-    history = train.train_and_evaluate(config, str(tmp_path), sample_fn=lambda *a: None)
+    history = train.train_and_evaluate(config, str(tmp_path), evaluators={})
     assert [h["step"] for h in history] == [1] and all(np.isfinite(h["loss"]) for h in history)
     log = caplog.text
     assert "sharding (logical): " in log and "('embed', 'heads') -> ('fsdp', 'tensor')" in log, log[-3000:]

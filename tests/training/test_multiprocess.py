@@ -44,9 +44,14 @@ def test_two_processes_match_one(tmp_path):
         assert abs(x - y) <= 1e-5 * max(1.0, abs(x)), (a, b)  # reductions may be ordered differently
     assert (multi / "checkpoints" / "4").is_dir()
     # The identities were split over devices of both processes and gathered back for the metrics.
-    with open(single / "samples" / "step_0000004.json") as fh:
+    with open(single / "evals" / "heldout" / "step_0000004.json") as fh:
         one = json.load(fh)
-    with open(multi / "samples" / "step_0000004.json") as fh:
+    with open(multi / "evals" / "heldout" / "step_0000004.json") as fh:
         two = json.load(fh)
     assert one["num_videos"] == two["num_videos"] == 4
     assert two == pytest.approx(one, abs=1e-3)
+    # Every process reads the whole held-out batches: the loss does not depend on the process count.
+    with open(single / "evals" / "loss" / "step_0000004.json") as fh:
+        one = json.load(fh)
+    with open(multi / "evals" / "loss" / "step_0000004.json") as fh:
+        assert json.load(fh)["loss"] == pytest.approx(one["loss"], rel=1e-5)

@@ -30,12 +30,8 @@ def _config(**overrides):
     return config
 
 
-def _no_samples(*args):
-    del args
-
-
 def _run(workdir, config=None, **kwargs):
-    return train.train_and_evaluate(config or _config(), str(workdir), sample_fn=_no_samples, **kwargs)
+    return train.train_and_evaluate(config or _config(), str(workdir), evaluators={}, **kwargs)
 
 
 def _saved_state(workdir, step):
