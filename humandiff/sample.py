@@ -24,14 +24,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from humandiff import media
+from humandiff import cli, media
 from humandiff.data.pose_input import load_poses
 
 SAMPLERS = ("ddim", "dpm++", "euler")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m humandiff.sample", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m humandiff.sample", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True,
                    help="humandiff.train workdir (its latest checkpoint, EMA weights when kept) or export folder")
     p.add_argument("--reference", required=True, help="reference image (png/jpg)")
@@ -95,13 +95,10 @@ def write_outputs(out: str, frames: np.ndarray, images: dict, metadata: dict) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (see the module docstring); returns the exit status."""
+    """Command-line entry point (see the module docstring); returns 0, or exits 2 on bad input (`humandiff.cli`)."""
     args = parse_args(argv)
-    try:
+    with cli.errors(args.debug):
         return _run(args)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
 
 def _run(args: argparse.Namespace) -> int:

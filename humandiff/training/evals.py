@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from humandiff import media
+from humandiff import cli, media
 from humandiff.metrics import image
 from humandiff.models.scd import Models
 from humandiff.training import optim, runtime
@@ -156,12 +156,11 @@ def write_samples(models: Models, config, state: dict, frozen: Any, step: int, w
 def main(argv: list[str] | None = None) -> dict:
     """`python -m humandiff.training.evals WORKDIR [--num_videos 32]`: the held-out check of a training run's
     checkpoint on more identities than the trainer samples. Prints the PSNRs and writes them to
-    `<workdir>/samples/heldout_step_<n>_<videos>x<frames>.json`."""
-    import argparse  # noqa: PLC0415
-
+    `<workdir>/samples/heldout_step_<n>_<videos>x<frames>.json`. Bad input exits 2 (`humandiff.cli`)."""
+    from humandiff import config_lib  # noqa: PLC0415
     from humandiff.checkpoints import export, loading  # noqa: PLC0415
 
-    p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    p = cli.ArgumentParser(prog="python -m humandiff.training.evals", description=main.__doc__.splitlines()[0])
     p.add_argument("workdir", help="training workdir (its config.json and checkpoints/)")
     p.add_argument("--num_videos", type=int, default=32, help="held-out identities")
     p.add_argument("--num_frames", type=int, default=8, help="target frames per identity")
@@ -169,19 +168,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--raw", action="store_true", help="the raw parameters instead of the EMA")
     args = p.parse_args(argv)
-    from humandiff import config_lib  # noqa: PLC0415
-
-    config = export.load_config(export.resolve_checkpoint(args.workdir, args.step)[0])
-    # The run's CPU split (mesh.cpu_devices): the identities are then spread over the devices. Only before JAX
-    # starts; called from a process that has already run JAX (a notebook), its devices stay as they are.
-    try:
-        runtime.use_cpu_devices(config_lib.cpu_devices(config))
-    except RuntimeError:  # "should be updated before backends are initialized"
-        pass
-    if config.data.source != "synthetic":
-        raise SystemExit(f"{args.workdir}: data.source={config.data.source!r}; the held-out check samples "
-                         "synthetic identities (use humandiff.evaluate for datasets)")
-    trained = loading.load_trained(args.workdir, config=config, ema=not args.raw, step=args.step)
+    with cli.errors(args.debug):
+        config = export.load_config(export.resolve_checkpoint(args.workdir, args.step)[0])
+        # The run's CPU split (mesh.cpu_devices): the identities are then spread over the devices. Only before JAX
+        # starts; called from a process that has already run JAX (a notebook), its devices stay as they are.
+        try:
+            runtime.use_cpu_devices(config_lib.cpu_devices(config))
+        except RuntimeError:  # "should be updated before backends are initialized"
+            pass
+        if config.data.source != "synthetic":
+            raise ValueError(f"data.source={config.data.source!r} in {args.workdir}: the held-out check samples "
+                             "synthetic identities; use humandiff.evaluate for datasets")
+        trained = loading.load_trained(args.workdir, config=config, ema=not args.raw, step=args.step)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
     metrics, _ = evaluate(trained.models, config, trained.params, num_videos=args.num_videos,
                           num_frames=args.num_frames, seed=args.seed, mesh=mesh)
