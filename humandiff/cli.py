@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from PIL import UnidentifiedImageError
 
@@ -63,6 +64,15 @@ def errors(debug: bool = False) -> Iterator[None]:
     except EXPECTED as e:
         report(e, debug)
         raise SystemExit(BAD_INPUT) from None
+
+
+def refuse_existing(paths: Iterable[str], overwrite: bool) -> None:
+    """Nothing a user had is replaced unasked: raises `FileExistsError` naming the first of `paths` that exists,
+    unless `overwrite` (the command's `--overwrite` flag)."""
+    for path in () if overwrite else paths:
+        if os.path.lexists(path):
+            raise FileExistsError(f"output already exists in {path}: not replaced; pass --overwrite to replace it, "
+                                  "or choose another output path")
 
 
 class ArgumentParser(argparse.ArgumentParser):

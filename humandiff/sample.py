@@ -9,7 +9,7 @@ directly: nothing is written there or under OUT besides the results) or an expor
 (unet/, optional vae/, image_encoder/, scheduler/, pose encoder); see `humandiff.checkpoints.loading`.
 
 OUT receives: result.mp4 (H.264), result.gif, frames/frame_XXXX.png, grid.mp4 (reference | pose | result) and
-metadata.json (arguments, sampler, schedule, timings).
+metadata.json (arguments, sampler, schedule, timings); results already there are replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from humandiff import cli, media
 from humandiff.data.pose_input import load_poses
 
 SAMPLERS = ("ddim", "dpm++", "euler")
+OUTPUTS = ("result.mp4", "result.gif", "frames", "grid.mp4", "metadata.json")  # what OUT receives
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -37,6 +39,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reference", required=True, help="reference image (png/jpg)")
     p.add_argument("--poses", required=True, help="pose video, folder of pose images, or keypoints .npy/.json")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     p.add_argument("--pose-encoder", default=None, help="pose-encoder safetensors (default: in the checkpoint)")
     p.add_argument("--ref-pose", default=None, help="pose image or keypoints of the reference (optional)")
     p.add_argument("--steps", type=int, default=25, help="denoising steps")
@@ -84,6 +87,8 @@ def write_outputs(out: str, frames: np.ndarray, images: dict, metadata: dict) ->
     paths = {k: os.path.join(out, v) for k, v in
              {"mp4": "result.mp4", "gif": "result.gif", "grid": "grid.mp4", "metadata": "metadata.json"}.items()}
     fps = images["fps"]
+    if os.path.isdir(os.path.join(out, "frames")):  # --overwrite: no stale frame of a longer earlier run stays
+        shutil.rmtree(os.path.join(out, "frames"))
     media.write_mp4(paths["mp4"], frames, fps)
     media.write_gif(paths["gif"], frames, fps)
     paths["frames"] = os.path.join(out, "frames")
@@ -110,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if not os.path.exists(args.poses):
         raise FileNotFoundError(f"poses not found: {args.poses}")
+    cli.refuse_existing([os.path.join(args.out, name) for name in OUTPUTS], args.overwrite)
     t0 = time.perf_counter()
     inputs, images = prepare_inputs(args)  # validate the cheap inputs before loading weights
     loaded = loading.load_trained(args.checkpoint, pose_encoder=args.pose_encoder, allow_pickle=args.allow_pickle)

@@ -72,14 +72,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="ONNX Runtime device")
     p.add_argument("--chunk", type=int, default=32, help="frames per detector/pose batch")
     p.add_argument("--skip_existing", action="store_true", help="skip videos whose pose file exists")
+    p.add_argument("--overwrite", action="store_true", help="replace existing pose files")
     args = p.parse_args(argv)
     if args.out and len(args.video) > 1:
         p.error("--out needs exactly one --video")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with cli.errors(args.debug):
+        outs = {video: args.out or kpl.pose_path_for(video) for video in args.video}
+        cli.refuse_existing([o for o in outs.values() if not args.skip_existing], args.overwrite)
         model = DWPose(args.det, args.pose, device=args.device)
-        for video in args.video:
-            out = args.out or kpl.pose_path_for(video)
+        for video, out in outs.items():
             if args.skip_existing and os.path.exists(out):
                 print(f"{video}: {out} exists, skipped", file=sys.stderr)
                 continue

@@ -46,8 +46,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--confidence_colors", action="store_true", help="scale colours by keypoint scores")
     p.add_argument("--score_threshold", type=float, default=0.3)
     p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = p.parse_args(argv)
     with cli.errors(args.debug):
+        cli.refuse_existing([args.out], args.overwrite)
         kp = media.load_keypoints(args.poses, allow_nan_coordinates=True)  # NaN x, y: points left out
         if args.align_to:
             kp = align_poses(kp, load_reference(args.align_to))

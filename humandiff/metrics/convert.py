@@ -95,8 +95,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output .safetensors (name it as in the table of weights.py)")
     parser.add_argument("--allow-pickle", action="store_true", help="read .pth/.pt with torch.load(weights_only)")
     parser.add_argument("--torchscript", action="store_true", help="read the source with torch.jit.load")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
     with cli.errors(args.debug):
+        cli.refuse_existing([args.out], args.overwrite)
         flat = convert(args.net, args.src, args.out, allow_pickle=args.allow_pickle, torchscript=args.torchscript)
     expected = weights.WEIGHT_FILES[args.net]
     print(f"wrote {len(flat)} arrays to {args.out}")

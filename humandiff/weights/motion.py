@@ -267,8 +267,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dst", help="output .safetensors file")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read a pickle file (torch.load(weights_only=True)); only for files you trust")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DST file")
     args = parser.parse_args(argv)
     with cli.errors(args.debug):
+        cli.refuse_existing([args.dst], args.overwrite)
         print(convert_to_safetensors(args.src, args.dst, allow_pickle=args.allow_pickle))
 
 
