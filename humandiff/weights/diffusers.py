@@ -74,7 +74,8 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], expected: Mapping[st
       Nested params dict of float32 jax arrays.
     """
     flat = keymap.state_dict_to_flat_flax(_upgrade_legacy(state), prefix)
-    io.validate(expected, {k: v.shape for k, v in flat.items()}, source)
+    io.validate(expected, {k: v.shape for k, v in flat.items()}, source,
+                spell=lambda k: prefix + keymap.flax_key_to_torch(k))  # errors name the file's keys too
     return io.unflatten({k: jnp.asarray(np.asarray(v, np.float32)) for k, v in flat.items()})
 
 
