@@ -39,7 +39,7 @@ def message(error: BaseException) -> str:
         text = f"{error.strerror}: {error.filename}"  # open()'s "[Errno 2] No such file ..." without the errno
     else:
         text = str(error) or type(error).__name__
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()).replace(":; ", ": ")
 
 
 def report(error: BaseException, debug: bool = False) -> None:
