@@ -22,7 +22,8 @@ from humandiff.metrics import suite
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = cli.ArgumentParser(prog="python -m humandiff.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m humandiff.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pred", required=True, help="folder of generated videos")
     parser.add_argument("--gt", required=True, help="folder of ground-truth videos")
     parser.add_argument("--protocol", default="disco", choices=sorted(suite.PROTOCOL_METRICS))

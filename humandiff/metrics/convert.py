@@ -89,7 +89,8 @@ def convert(net: str, sources: Sequence[str], out: str, *, allow_pickle: bool = 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = cli.ArgumentParser(prog="python -m humandiff.metrics.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m humandiff.metrics.convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", required=True, choices=sorted(weights.WEIGHT_FILES))
     parser.add_argument("--src", required=True, nargs="+", help="published weight file(s); lpips takes two")
     parser.add_argument("--out", required=True, help="output .safetensors (name it as in the table of weights.py)")
