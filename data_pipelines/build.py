@@ -18,7 +18,7 @@ import os
 import sys
 
 from data_pipelines.builders import common
-from humandiff import media
+from humandiff import cli, media
 
 DATASETS = ("tiktok", "ubc_fashion", "video_folder", "viton_hd", "synthetic")
 SYNTHETIC_FLAGS = ("num_videos", "num_test_videos", "num_frames", "height", "width", "seed")
@@ -76,6 +76,10 @@ def build(dataset: str, data_dir: str, manual_dir: str | None = None, *, on_erro
         kwargs.update({k: v for k, v in synthetic_options.items() if v is not None})
     elif manual_dir is None:
         raise ValueError(f"--manual_dir is required for --dataset {dataset}")
+    elif not os.path.isdir(manual_dir) or not os.listdir(manual_dir):  # TFDS would only assert
+        why = "is empty" if os.path.isdir(manual_dir) else "is not a folder"
+        raise FileNotFoundError(f"--manual_dir {manual_dir} {why}; it must hold the raw files in the layout of "
+                                f"data_pipelines/builders/{dataset}.py")
     builder = cls(**kwargs)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder.download_and_prepare(download_config=config)
@@ -83,7 +87,8 @@ def build(dataset: str, data_dir: str, manual_dir: str | None = None, *, on_erro
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m data_pipelines.build", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--data_dir", required=True, help="output root; the dataset goes to DATA_DIR/<name>/1.0.0")
     parser.add_argument("--manual_dir", help="raw files in the dataset's own layout")
@@ -100,16 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = {k: getattr(args, k) for k in SYNTHETIC_FLAGS}
-    try:
-        out = build(args.dataset, args.data_dir, args.manual_dir, on_error=args.on_error,
-                    min_frames=args.min_frames, jpeg_quality=args.jpeg_quality, num_workers=args.num_workers,
-                    max_short_side=args.max_short_side, **options)
-    except media.BadInputError as e:  # the message names the file; no TFDS traceback for the user
-        print(f"error: bad input: {e}\n(rerun with --on_error skip to leave such inputs out)", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    with cli.errors(args.debug):
+        try:
+            out = build(args.dataset, args.data_dir, args.manual_dir, on_error=args.on_error,
+                        min_frames=args.min_frames, jpeg_quality=args.jpeg_quality, num_workers=args.num_workers,
+                        max_short_side=args.max_short_side, **options)
+        except media.BadInputError as e:  # the message names the file; no TFDS traceback for the user
+            raise media.BadInputError(e.path, f"{e.reason}; rerun with --on_error skip to leave such inputs "
+                                              "out") from e
     meta_path = os.path.join(out, "metadata.json")
     if os.path.exists(meta_path):
         with open(meta_path, encoding="utf-8") as f:

@@ -14,6 +14,7 @@ output, still before compilation.
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import math
 import os
@@ -150,16 +151,37 @@ def load_sibling(config_file: str, name: str):
     return module
 
 
-def set_dotted(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-    """Sets `config.a.b.c = value` for key "a.b.c"; the key must exist."""
+def dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every leaf key of `config` as "a.b.c" (what `--config.a.b.c=v` can set)."""
+    keys = []
+    for name, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            keys += dotted_keys(value, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def check_key(config: ml_collections.ConfigDict, key: str) -> None:
+    """Raises `ConfigError` naming `key` and the nearest existing key when "a.b.c" is not a leaf of `config`."""
     *parents, leaf = key.split(".")
     node = config
-    for i, name in enumerate(parents):
-        if name not in node:
-            raise ConfigError(f"config key {'.'.join(parents[:i + 1])!r} does not exist (override {key}={value!r})")
+    for name in parents:
+        node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+    if isinstance(node, ml_collections.ConfigDict) and leaf in node:
+        return
+    nearest = difflib.get_close_matches(key, dotted_keys(config), n=1, cutoff=0.6)
+    hint = f"; did you mean {nearest[0]}?" if nearest else ""
+    raise ConfigError(f"unknown config key in --config.{key}: the config has no {key}{hint}")
+
+
+def set_dotted(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    """Sets `config.a.b.c = value` for key "a.b.c"; the key must exist (`check_key`)."""
+    check_key(config, key)
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
         node = node[name]
-    if leaf not in node:
-        raise ConfigError(f"config key {key!r} does not exist (override {key}={value!r})")
     node[leaf] = value
 
 

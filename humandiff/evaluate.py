@@ -15,15 +15,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Sequence
 
+from humandiff import cli
 from humandiff.metrics import suite
-from humandiff.weights.io import WeightsError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m humandiff.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pred", required=True, help="folder of generated videos")
     parser.add_argument("--gt", required=True, help="folder of ground-truth videos")
     parser.add_argument("--protocol", default="disco", choices=sorted(suite.PROTOCOL_METRICS))
@@ -44,11 +44,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
     config = suite.EvalConfig(protocol=args.protocol, weights_dir=args.weights, metrics=metrics, split=args.split,
                               batch_size=args.batch_size, video_samples=args.video_samples)
-    try:
+    with cli.errors(args.debug):
         result = suite.evaluate(args.pred, args.gt, config)
-    except (ValueError, FileNotFoundError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
     pred = os.path.abspath(args.pred.rstrip("/"))
     out = args.out or os.path.join(os.path.dirname(pred), os.path.basename(pred) + "_metrics")
     jpath, mpath = suite.write_report(result, out)

@@ -17,12 +17,13 @@ import sys
 import time
 from collections.abc import Sequence
 
-from humandiff.checkpoints.export import DTYPES, ExportError, check_dtype
+from humandiff import cli
+from humandiff.checkpoints.export import DTYPES, check_dtype
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line arguments (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m humandiff.export", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m humandiff.export", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="training workdir, its checkpoints/ or checkpoints/<step>")
     p.add_argument("--out", required=True, help="output folder (diffusers layout)")
     p.add_argument("--ema", action="store_true", help="export the EMA weights")
@@ -34,9 +35,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (2 with one error line for bad input)."""
+    """CLI entry point; returns 0, or exits 2 with one error line on bad input (`humandiff.cli`)."""
     args = parse_args(argv)
-    try:
+    with cli.errors(args.debug):
         check_dtype(args.dtype)  # cheap checks before anything slow is imported
         from humandiff.checkpoints import export  # noqa: PLC0415
 
@@ -44,9 +45,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         trained = export.read_checkpoint(args.checkpoint, config=args.config, ema=args.ema, step=args.step)
         written = export.write_export(trained, args.out, dtype=args.dtype, overwrite=args.overwrite)
-    except (ExportError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print(f"exported step {trained.step} ({'EMA' if args.ema else 'raw'}, {args.dtype}) to {args.out}: "
           f"{', '.join(written)} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return 0

@@ -318,8 +318,14 @@ def _keypoint_problem(arr: np.ndarray, video: bool) -> str | None:
     if not np.issubdtype(arr.dtype, np.number):
         return f"expected a numeric array, got dtype {arr.dtype}"
     if not np.all(np.isfinite(arr[..., 2])):
-        return "keypoint scores contain NaN or inf"
+        return f"keypoint scores contain NaN or inf ({_first_nonfinite(arr[..., 2:])})"
     return None
+
+
+def _first_nonfinite(values: np.ndarray) -> str:
+    """Where the first NaN/inf of `[(T,) 133, C]` values is: "frame 3, keypoint 7" (frames and points from 0)."""
+    index = np.argwhere(~np.isfinite(values).all(-1))[0]
+    return ", ".join(f"{name} {i}" for name, i in zip(("frame", "keypoint")[-len(index):], index))
 
 
 def validate_keypoints(keypoints: np.ndarray, *, video: bool, source: str = "keypoints") -> np.ndarray:
@@ -402,7 +408,8 @@ def load_keypoints(path: str | os.PathLike, *, num_frames: int | None = None, vi
         arr = arr[None]
     problem = _keypoint_problem(arr, video)
     if not problem and not allow_nan_coordinates and not np.all(np.isfinite(arr)):
-        problem = "pose array contains NaN or inf"
+        problem = (f"keypoint coordinates contain NaN or inf ({_first_nonfinite(arr[..., :2])}); give a point that "
+                   "was not detected a score of 0 instead")
     if problem:
         raise BadInputError(path, problem)
     arr = arr.astype(np.float32, copy=False)

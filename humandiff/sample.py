@@ -9,7 +9,7 @@ directly: nothing is written there or under OUT besides the results) or an expor
 (unet/, optional vae/, image_encoder/, scheduler/, pose encoder); see `humandiff.checkpoints.loading`.
 
 OUT receives: result.mp4 (H.264), result.gif, frames/frame_XXXX.png, grid.mp4 (reference | pose | result) and
-metadata.json (arguments, sampler, schedule, timings).
+metadata.json (arguments, sampler, schedule, timings); results already there are replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -18,25 +18,28 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
-from humandiff import media
+from humandiff import cli, media
 from humandiff.data.pose_input import load_poses
 
 SAMPLERS = ("ddim", "dpm++", "euler")
+OUTPUTS = ("result.mp4", "result.gif", "frames", "grid.mp4", "metadata.json")  # what OUT receives
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m humandiff.sample", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m humandiff.sample", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True,
                    help="humandiff.train workdir (its latest checkpoint, EMA weights when kept) or export folder")
     p.add_argument("--reference", required=True, help="reference image (png/jpg)")
     p.add_argument("--poses", required=True, help="pose video, folder of pose images, or keypoints .npy/.json")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     p.add_argument("--pose-encoder", default=None, help="pose-encoder safetensors (default: in the checkpoint)")
     p.add_argument("--ref-pose", default=None, help="pose image or keypoints of the reference (optional)")
     p.add_argument("--steps", type=int, default=25, help="denoising steps")
@@ -84,6 +87,8 @@ def write_outputs(out: str, frames: np.ndarray, images: dict, metadata: dict) ->
     paths = {k: os.path.join(out, v) for k, v in
              {"mp4": "result.mp4", "gif": "result.gif", "grid": "grid.mp4", "metadata": "metadata.json"}.items()}
     fps = images["fps"]
+    if os.path.isdir(os.path.join(out, "frames")):  # --overwrite: no stale frame of a longer earlier run stays
+        shutil.rmtree(os.path.join(out, "frames"))
     media.write_mp4(paths["mp4"], frames, fps)
     media.write_gif(paths["gif"], frames, fps)
     paths["frames"] = os.path.join(out, "frames")
@@ -95,13 +100,10 @@ def write_outputs(out: str, frames: np.ndarray, images: dict, metadata: dict) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (see the module docstring); returns the exit status."""
+    """Command-line entry point (see the module docstring); returns 0, or exits 2 on bad input (`humandiff.cli`)."""
     args = parse_args(argv)
-    try:
+    with cli.errors(args.debug):
         return _run(args)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -113,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if not os.path.exists(args.poses):
         raise FileNotFoundError(f"poses not found: {args.poses}")
+    cli.refuse_existing([os.path.join(args.out, name) for name in OUTPUTS], args.overwrite)
     t0 = time.perf_counter()
     inputs, images = prepare_inputs(args)  # validate the cheap inputs before loading weights
     loaded = loading.load_trained(args.checkpoint, pose_encoder=args.pose_encoder, allow_pickle=args.allow_pickle)

@@ -24,12 +24,13 @@ from ml_collections import config_flags
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from humandiff import config_lib
+from humandiff import cli, config_lib
 from humandiff.training import checkpoint, evals, input as train_input, modeling, runtime, sharding, state as state_lib
 from humandiff.training.writer import MetricWriter
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (path[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and evaluations.")
+_DEBUG = flags.DEFINE_bool("debug", False, "On an error, show its traceback too.")
 
 
 def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None = None,
@@ -51,8 +52,6 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
     mesh = sharding.make_mesh(config)
     is_main = jax.process_index() == 0
     logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(), jax.process_count())
-    if is_main:
-        state_lib.write_config(workdir, config)
 
     # ---------------------------------------------------------------------------------------------- input
     if dataset is None:
@@ -75,6 +74,8 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
     # ---------------------------------------------------------------------------------------------- evals
     if evaluators is None:  # their held-out data is read now, before the step compiles; they compile once
         evaluators = evals.build(models, config, mesh)
+    if is_main:  # only now: a run refused by the workdir's checkpoint or its evaluations leaves config.json as it was
+        state_lib.write_config(workdir, config)
 
     # ----------------------------------------------------------------------------------------------- step
     first = next(data_iter)
@@ -149,22 +150,53 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
     return history
 
 
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The value of `--name X` or `--name=X` in `argv` (None if absent)."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg[len(name) + 1:]
+    return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag, config file or config key as one `error:` line (`humandiff.cli`)."""
+    with cli.errors(debug="--debug" in argv):  # --debug is not parsed yet
+        spec = _flag_value(argv, "--config")
+        if spec and not os.path.isfile(spec.partition(":")[0]):  # ml_collections would fail later, in a traceback
+            raise FileNotFoundError(f"config file not found in --config {spec}")
+        try:
+            return flags.FLAGS(argv)
+        except (AttributeError, KeyError, flags.Error) as e:  # ml_collections' override errors, absl's own
+            if spec:  # a config that does not load, or an unknown key: name it and the nearest existing one
+                config = config_lib.load(spec)
+                for arg in argv:
+                    if arg.startswith("--config."):
+                        config_lib.check_key(config, arg[len("--config."):].partition("=")[0])
+            raise ValueError(str(e)) from e
+
+
 def main(argv) -> None:
     """CLI entry point: parse flags, validate the config, train."""
     del argv
-    if _WORKDIR.value is None:
-        raise app.UsageError("--workdir is required")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 brings it back
-    config = _CONFIG.value
-    runtime.use_memory_scheduler_on_cpu()
-    runtime.use_cpu_devices(config_lib.cpu_devices(config))
-    runtime.maybe_initialize_distributed()
-    config_lib.validate(config, num_devices=jax.device_count())
-    with logging_redirect_tqdm():
-        train_and_evaluate(config, _WORKDIR.value)
+    with cli.errors(_DEBUG.value):
+        if _WORKDIR.value is None:
+            raise ValueError("--workdir is required")
+        if os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
+            raise NotADirectoryError(f"--workdir {_WORKDIR.value} is a file: training writes a folder there; "
+                                     "pass another path")
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 brings it back
+        config = _CONFIG.value
+        runtime.use_memory_scheduler_on_cpu()
+        runtime.use_cpu_devices(config_lib.cpu_devices(config))
+        runtime.maybe_initialize_distributed()
+        config_lib.validate(config, num_devices=jax.device_count())
+        with logging_redirect_tqdm():
+            train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -116,9 +116,10 @@ def test_cli_bad_inputs(inputs, tmp_path, capsys, case, expected):
         args["--poses"] = str(inputs / "broken.mp4")
     elif case == "bad_size":
         args["--size"] = "20x16"
-    rc = sample.main([x for kv in args.items() for x in kv])
+    with pytest.raises(SystemExit) as e:
+        sample.main([x for kv in args.items() for x in kv])
     err = capsys.readouterr().err
-    assert rc == 2
+    assert e.value.code == 2
     assert expected in err and err.count("error:") == 1
 
 

@@ -63,7 +63,13 @@ def make_session(path: str, device: ProviderSpec = "cpu"):
                                 f"dw-ll_ucoco_384.onnx files; nothing is downloaded)")
     requested = _resolve_providers(device)
     available = ort.get_available_providers()
-    session = ort.InferenceSession(path, providers=[p for p in requested if p in available] or ["CPUExecutionProvider"])
+    state = ort.capi.onnxruntime_pybind11_state  # ONNX Runtime's exceptions for a file it cannot load
+    try:
+        session = ort.InferenceSession(path, providers=[p for p in requested if p in available]
+                                       or ["CPUExecutionProvider"])
+    except (state.InvalidProtobuf, state.InvalidGraph, state.NoSuchFile, state.Fail) as e:
+        raise ValueError(f"cannot load the ONNX model in {path}: {' '.join(str(e).split())}; the file is corrupt or "
+                         "not an ONNX model (download it again)") from e
     wanted_gpu = [p for p in requested if p in GPU_PROVIDERS]
     used = session.get_providers()
     if wanted_gpu and not any(p in used for p in wanted_gpu):

@@ -11,7 +11,6 @@ name order, or those of its ``images/`` subfolder (the TikTok dataset's layout).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -21,7 +20,7 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 
 from data_pipelines.pose.dwpose import DWPose
-from humandiff import media
+from humandiff import cli, media
 from humandiff.data import keypoints as kpl
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -65,7 +64,7 @@ def extract_video(model: DWPose, video: str, chunk: int = 32) -> np.ndarray:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point (see the module docstring); returns the exit status."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m data_pipelines.pose.extract", description=__doc__.split("\n")[0])
     p.add_argument("--video", required=True, nargs="+", help="mp4 files or folders of frame images")
     p.add_argument("--det", required=True, help="YOLOX detector ONNX file (yolox_l.onnx)")
     p.add_argument("--pose", required=True, help="DWPose ONNX file (dw-ll_ucoco_384.onnx)")
@@ -73,21 +72,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="ONNX Runtime device")
     p.add_argument("--chunk", type=int, default=32, help="frames per detector/pose batch")
     p.add_argument("--skip_existing", action="store_true", help="skip videos whose pose file exists")
+    p.add_argument("--overwrite", action="store_true", help="replace existing pose files")
     args = p.parse_args(argv)
     if args.out and len(args.video) > 1:
         p.error("--out needs exactly one --video")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    model = DWPose(args.det, args.pose, device=args.device)
-    for video in args.video:
-        out = args.out or kpl.pose_path_for(video)
-        if args.skip_existing and os.path.exists(out):
-            print(f"{video}: {out} exists, skipped", file=sys.stderr)
-            continue
-        t0 = time.perf_counter()
-        kp = extract_video(model, video, args.chunk)
-        media.save_keypoints(out, kp)
-        dt = time.perf_counter() - t0
-        print(f"{video}: {len(kp)} frames -> {out} ({len(kp) / max(dt, 1e-9):.1f} frames/s)", file=sys.stderr)
+    with cli.errors(args.debug):
+        outs = {video: args.out or kpl.pose_path_for(video) for video in args.video}
+        cli.refuse_existing([o for o in outs.values() if not args.skip_existing], args.overwrite)
+        model = DWPose(args.det, args.pose, device=args.device)
+        for video, out in outs.items():
+            if args.skip_existing and os.path.exists(out):
+                print(f"{video}: {out} exists, skipped", file=sys.stderr)
+                continue
+            t0 = time.perf_counter()
+            kp = extract_video(model, video, args.chunk)
+            media.save_keypoints(out, kp)
+            dt = time.perf_counter() - t0
+            print(f"{video}: {len(kp)} frames -> {out} ({len(kp) / max(dt, 1e-9):.1f} frames/s)", file=sys.stderr)
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from humandiff import media
+from humandiff import cli, media
 from humandiff.data.pose_align import align_poses
 from humandiff.data.pose_render import render_video
 
@@ -38,7 +38,7 @@ def load_reference(path: str) -> np.ndarray:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point (see the module docstring); returns the exit status."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m data_pipelines.pose.render", description=__doc__.split("\n")[0])
     p.add_argument("--poses", required=True, help="keypoints .npy/.json, [T, 133, 3]")
     p.add_argument("--out", required=True, help="output .mp4 (H.264)")
     p.add_argument("--size", required=True, type=_size, help="HEIGHTxWIDTH in pixels, e.g. 768x512")
@@ -46,13 +46,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--confidence_colors", action="store_true", help="scale colours by keypoint scores")
     p.add_argument("--score_threshold", type=float, default=0.3)
     p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = p.parse_args(argv)
-    kp = media.load_keypoints(args.poses, allow_nan_coordinates=True)  # NaN x, y: points left out
-    if args.align_to:
-        kp = align_poses(kp, load_reference(args.align_to))
-    h, w = args.size
-    frames = render_video(kp, h, w, score_threshold=args.score_threshold, confidence_colors=args.confidence_colors)
-    media.write_mp4(args.out, frames, args.fps, preset="ultrafast")
+    with cli.errors(args.debug):
+        cli.refuse_existing([args.out], args.overwrite)
+        kp = media.load_keypoints(args.poses, allow_nan_coordinates=True)  # NaN x, y: points left out
+        if args.align_to:
+            kp = align_poses(kp, load_reference(args.align_to))
+        h, w = args.size
+        frames = render_video(kp, h, w, score_threshold=args.score_threshold,
+                              confidence_colors=args.confidence_colors)
+        media.write_mp4(args.out, frames, args.fps, preset="ultrafast")
     print(f"{args.poses}: {len(frames)} frames -> {args.out}", file=sys.stderr)
     return 0
 

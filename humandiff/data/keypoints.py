@@ -87,3 +87,27 @@ def to_openpose18(keypoints: np.ndarray) -> np.ndarray:
     out[..., 1, :2] = 0.5 * (ls[..., :2] + rs[..., :2])
     out[..., 1, 2] = np.minimum(ls[..., 2], rs[..., 2])
     return out
+
+
+def first_outside(keypoints: np.ndarray, height: int, width: int, *, score_threshold: float = 0.3,
+                  margin: float = 0.1) -> tuple[int, int] | None:
+    """The first drawn point of a pose sequence that lies outside its frame, or None.
+
+    A detector may place a point a little past the border (a hand leaving the picture); farther than `margin` of
+    the frame's side, the coordinates are in pixels of another frame size.
+
+    Args:
+      keypoints: ``[T, 133, 3]`` with finite x, y in pixels of a ``height`` x ``width`` frame.
+      height, width: the frame the coordinates refer to.
+      score_threshold: points with a score <= this are not drawn (`render_pose`'s default) and not checked.
+      margin: tolerated overshoot, as a fraction of the frame's side.
+
+    Returns:
+      ``(frame, keypoint)`` indices, or None when every drawn point is inside.
+    """
+    kp = np.asarray(keypoints, dtype=np.float32)
+    x, y = kp[..., 0], kp[..., 1]
+    outside = ((x < -margin * width) | (x > (1 + margin) * width) | (y < -margin * height)
+               | (y > (1 + margin) * height)) & (kp[..., 2] > score_threshold)
+    hits = np.argwhere(outside)
+    return (int(hits[0][0]), int(hits[0][1])) if len(hits) else None

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from humandiff import media
+from humandiff.data import keypoints
 from humandiff.data.pose_render import render_pose
 
 
@@ -26,8 +27,16 @@ def _resize_frames(frames: Sequence[np.ndarray], size: tuple[int, int]) -> np.nd
 
 
 def _render_keypoints(path: str, size: tuple[int, int], source_size: tuple[int, int] | None) -> np.ndarray:
-    # A [133, 3] file is one frame; NaN coordinates are points the renderer leaves out.
-    kp = media.load_keypoints(path, allow_single_frame=True, allow_nan_coordinates=True).copy()
+    # A [133, 3] file is one frame. Coordinates must be finite (a NaN point would vanish without a word) and inside
+    # the frame they refer to (else they are in pixels of another size: the pose would be drawn off the canvas).
+    kp = media.load_keypoints(path, allow_single_frame=True).copy()
+    h, w = source_size or size
+    outside = keypoints.first_outside(kp, h, w)
+    if outside is not None:
+        t, k = outside
+        raise ValueError(f"keypoints outside the frame in {path}: frame {t}, keypoint {k} is at x={kp[t, k, 0]:g}, "
+                         f"y={kp[t, k, 1]:g}, outside the {h}x{w} (HxW) frame the coordinates should refer to; pass "
+                         "--keypoints-size HxW of the video the keypoints were extracted from")
     if source_size is not None:  # keypoints are in pixels of the frame they were extracted from
         kp[..., 0] *= size[1] / source_size[1]
         kp[..., 1] *= size[0] / source_size[0]

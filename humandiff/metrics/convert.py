@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from humandiff import cli
 from humandiff.metrics import weights
 from humandiff.weights import io
 
@@ -88,14 +89,18 @@ def convert(net: str, sources: Sequence[str], out: str, *, allow_pickle: bool = 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m humandiff.metrics.convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", required=True, choices=sorted(weights.WEIGHT_FILES))
     parser.add_argument("--src", required=True, nargs="+", help="published weight file(s); lpips takes two")
     parser.add_argument("--out", required=True, help="output .safetensors (name it as in the table of weights.py)")
     parser.add_argument("--allow-pickle", action="store_true", help="read .pth/.pt with torch.load(weights_only)")
     parser.add_argument("--torchscript", action="store_true", help="read the source with torch.jit.load")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
-    flat = convert(args.net, args.src, args.out, allow_pickle=args.allow_pickle, torchscript=args.torchscript)
+    with cli.errors(args.debug):
+        cli.refuse_existing([args.out], args.overwrite)
+        flat = convert(args.net, args.src, args.out, allow_pickle=args.allow_pickle, torchscript=args.torchscript)
     expected = weights.WEIGHT_FILES[args.net]
     print(f"wrote {len(flat)} arrays to {args.out}")
     if os.path.basename(args.out) != expected:

@@ -24,8 +24,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint directory exists but cannot be restored."""
+class CheckpointError(ValueError):
+    """A checkpoint directory exists but cannot be restored (bad input: `humandiff.cli` reports it in one line)."""
 
 
 # What Orbax raises for a missing, partial or mismatched checkpoint (OSError covers FileNotFoundError).

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from humandiff import media
+from humandiff import cli, media
 from humandiff.metrics import image
 from humandiff.models.scd import Models
 from humandiff.training import input as train_input, optim, runtime, sharding
@@ -266,13 +266,11 @@ def due(config, name: str, step: int) -> bool:
 def main(argv: list[str] | None = None) -> dict:
     """`python -m humandiff.training.evals WORKDIR [--eval NAME] [--num_videos 32]`: a training run's evaluations
     on one of its checkpoints, as the trainer runs them (same data, settings and seed unless overridden). Prints the
-    metrics and writes `<workdir>/evals/<name>/cli/step_<n>[_<overrides>].json`."""
-    import argparse  # noqa: PLC0415
-
+    metrics and writes `<workdir>/evals/<name>/cli/step_<n>[_<overrides>].json`. Bad input exits 2 (`humandiff.cli`)."""
     from humandiff import config_lib  # noqa: PLC0415
     from humandiff.checkpoints import export, loading  # noqa: PLC0415
 
-    p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    p = cli.ArgumentParser(prog="python -m humandiff.training.evals", description=main.__doc__.splitlines()[0])
     p.add_argument("workdir", help="training workdir (its config.json and checkpoints/)")
     p.add_argument("--eval", action="append", default=None, help="evaluator name in config.evals (default: all)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
@@ -281,30 +279,33 @@ def main(argv: list[str] | None = None) -> dict:
     for field in ("num_videos", "num_frames", "num_batches", "seed"):
         p.add_argument(f"--{field}", type=int, default=None, help=f"override {field} (evaluators that have it)")
     args = p.parse_args(argv)
-
-    config = export.load_config(export.resolve_checkpoint(args.workdir, args.step)[0])
-    # The run's CPU split (mesh.cpu_devices): held-out examples are then spread over the devices. Only before JAX
-    # starts; called from a process that has already run JAX (a notebook), its devices stay as they are.
-    try:
-        runtime.use_cpu_devices(config_lib.cpu_devices(config))
-    except RuntimeError:  # "should be updated before backends are initialized"
-        pass
-    names = args.eval or list(config.evals)
-    unknown = [n for n in names if n not in config.evals]
-    if unknown:
-        raise SystemExit(f"error: --eval {unknown[0]!r} is not in {args.workdir}'s config.evals "
-                         f"({', '.join(config.evals) or 'none'})")
     overrides = {k: getattr(args, k) for k in ("split", "num_videos", "num_frames", "num_batches", "seed")
                  if getattr(args, k) is not None}
-    with config.unlocked():
-        for name in names:
-            for key, value in overrides.items():
-                if key in config.evals[name]:
-                    config.evals[name][key] = value
-    config_lib.validate_evals(config)
-    trained = loading.load_trained(args.workdir, config=config, ema=not args.raw, step=args.step)
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(-1, 1, 1), ("data", "fsdp", "tensor"))
-    evaluators = build(trained.models, config, mesh, names)
+    with cli.errors(args.debug):
+        config = export.load_config(export.resolve_checkpoint(args.workdir, args.step)[0])
+        # The run's CPU split (mesh.cpu_devices): held-out examples are then spread over the devices. Only before
+        # JAX starts; called from a process that has already run JAX (a notebook), its devices stay as they are.
+        try:
+            runtime.use_cpu_devices(config_lib.cpu_devices(config))
+        except RuntimeError:  # "should be updated before backends are initialized"
+            pass
+        if "evals" not in config:
+            raise ValueError(f"config.json in {args.workdir} has no 'evals' section (a run from before the evaluator "
+                             "registry); add one as configs/common.py does")
+        names = args.eval or list(config.evals)
+        unknown = [n for n in names if n not in config.evals]
+        if unknown:
+            raise ValueError(f"--eval {unknown[0]} is not in {args.workdir}'s config.evals "
+                             f"({', '.join(config.evals) or 'none'})")
+        with config.unlocked():
+            for name in names:
+                for key, value in overrides.items():
+                    if key in config.evals[name]:
+                        config.evals[name][key] = value
+        config_lib.validate_evals(config)
+        trained = loading.load_trained(args.workdir, config=config, ema=not args.raw, step=args.step)
+        mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(-1, 1, 1), ("data", "fsdp", "tensor"))
+        evaluators = build(trained.models, config, mesh, names)  # reads the held-out data: a missing split is named
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), trained.params)
     step, workdir = trained.sources["step"], trained.sources["workdir"]
     tag = "".join(f"_{k}={v}" for k, v in sorted(overrides.items())) + ("_raw" if args.raw else "")

@@ -73,8 +73,13 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], expected: Mapping[st
     Returns:
       Nested params dict of float32 jax arrays.
     """
-    flat = keymap.state_dict_to_flat_flax(_upgrade_legacy(state), prefix)
-    io.validate(expected, {k: v.shape for k, v in flat.items()}, source)
+    state = _upgrade_legacy(state)
+    flat = keymap.state_dict_to_flat_flax(state, prefix)
+    # Errors name each key as the file spells it (a key it lacks: as diffusers would), then ours.
+    torch_names = {keymap.torch_key_to_flax(k[len(prefix):], np.ndim(v)): k for k, v in state.items()
+                   if k.startswith(prefix)}
+    io.validate(expected, {k: v.shape for k, v in flat.items()}, source,
+                spell=lambda k: torch_names.get(k, prefix + keymap.flax_key_to_torch(k)))
     return io.unflatten({k: jnp.asarray(np.asarray(v, np.float32)) for k, v in flat.items()})
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -151,18 +151,25 @@ def unflatten(flat: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
     return out
 
 
-def validate(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]], source: str) -> None:
+def validate(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]], source: str,
+             spell: Callable[[str], str] | None = None) -> None:
     """Compares parameter names and shapes; raises one error that lists every problem by name.
 
     Args:
       expected: name -> shape the model needs.
       got: name -> shape that was read (after key mapping).
       source: the file or folder, named in the message.
+      spell: our name -> the name as the user's file spells it (e.g. `time_embedding.linear_2.weight` for
+        `time_embedding/linear_2/kernel`); each problem then names both, the file's first.
     """
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
+
+    def name(key: str) -> str:
+        return f"{spell(key)} ({key})" if spell is not None else key
+
+    missing = sorted(name(k) for k in set(expected) - set(got))
+    unexpected = sorted(name(k) for k in set(got) - set(expected))
     mismatched = sorted(
-        f"{k}: expected {tuple(expected[k])}, got {tuple(got[k])}"
+        f"{name(k)}: expected {tuple(expected[k])}, got {tuple(got[k])}"
         for k in set(expected) & set(got)
         if tuple(expected[k]) != tuple(got[k])
     )

@@ -22,7 +22,7 @@ _INDEXED = re.compile(r"^(.+)_(\d+)$")
 
 
 def torch_key_to_flax(key: str, ndim: int) -> str:
-    """`a.0.b.weight` -> `a_0/b/kernel|scale` (by the tensor's rank)."""
+    """`a.0.b.weight` -> `a_0/b/kernel|scale` (by the tensor's rank); another leaf is a `WeightsError`."""
     parts = key.split(".")
     *mods, leaf = parts
     path: list[str] = []
@@ -34,7 +34,7 @@ def torch_key_to_flax(key: str, ndim: int) -> str:
     if leaf == "weight":
         leaf = "scale" if ndim == 1 else "kernel"
     elif leaf != "bias":
-        raise KeyError(f"torch parameter {key!r}: unknown leaf {leaf!r}")
+        raise io.WeightsError(f"unknown parameter in the weights: {key} ends in {leaf!r}, not weight or bias")
     return "/".join(path + [leaf])
 
 

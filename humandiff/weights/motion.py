@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from humandiff import cli
 from humandiff.models.temporal import frame_positions
 from humandiff.weights import io
 from humandiff.weights.keymap import to_state_dict
@@ -261,18 +262,16 @@ def convert_to_safetensors(src: str, dst: str, *, allow_pickle: bool = False) ->
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m humandiff.weights.motion SRC DST [--allow-pickle]`: convert a motion module to safetensors."""
-    import argparse  # pylint: disable=import-outside-toplevel
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = cli.ArgumentParser(prog="python -m humandiff.weights.motion", description=main.__doc__)
     parser.add_argument("src", help="original AnimateDiff motion-module file (mm_sd_v15_v2.ckpt, ...)")
     parser.add_argument("dst", help="output .safetensors file")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read a pickle file (torch.load(weights_only=True)); only for files you trust")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DST file")
     args = parser.parse_args(argv)
-    try:
+    with cli.errors(args.debug):
+        cli.refuse_existing([args.dst], args.overwrite)
         print(convert_to_safetensors(args.src, args.dst, allow_pickle=args.allow_pickle))
-    except (io.WeightsError, ValueError) as e:
-        parser.exit(2, f"error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -193,6 +193,9 @@ def test_grey_and_rgba_video_frames_are_converted_and_counted(tmp_path, fakes):
 def test_cli_reports_bad_input_without_traceback(tmp_path, fakes, capsys):
     raw = fakes.make_ubc(str(tmp_path / "raw"), n_train=1, n_test=0)
     os.remove(str(tmp_path / "raw" / "train" / "91-0000.npy"))
-    rc = build.main(["--dataset", "ubc_fashion", "--manual_dir", raw, "--data_dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as e:
+        build.main(["--dataset", "ubc_fashion", "--manual_dir", raw, "--data_dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert rc == 1 and "91-0000.npy: pose file missing" in err and "--on_error skip" in err
+    err = err[err.index("error: "):]  # after TFDS's progress bars
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "91-0000.npy: pose file missing" in err and "--on_error skip" in err

@@ -18,7 +18,10 @@ from humandiff.weights.diffusers import to_state_dict  # noqa: E402
 
 
 def _run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as e:  # bad input: one error line, status 2 (humandiff.cli)
+        code = e.code
     return code, capsys.readouterr().err
 
 

@@ -121,9 +121,11 @@ def test_validator_names_missing_unexpected_and_mismatched_keys(folders, tmp_pat
         load_unet(str(root / "unet"), motion_adapter=str(tmp_path / "bad.safetensors"), **HEADS)
     msg = str(info.value)
     assert "bad.safetensors" in msg
-    assert "missing (1): up_blocks_1/motion_modules_1/transformer_blocks_0/norm3/scale" in msg
-    assert "unexpected (1): down_blocks_0/motion_modules_0/extra/kernel" in msg
-    assert "down_blocks_0/motion_modules_0/proj_in/kernel: expected (16, 16), got (8, 16)" in msg
+    assert "missing (1): up_blocks.1.motion_modules.1.transformer_blocks.0.norm3.weight " \
+           "(up_blocks_1/motion_modules_1/transformer_blocks_0/norm3/scale)" in msg  # diffusers' name, then ours
+    assert "unexpected (1): down_blocks.0.motion_modules.0.extra.weight " \
+           "(down_blocks_0/motion_modules_0/extra/kernel)" in msg
+    assert "proj_in.weight (down_blocks_0/motion_modules_0/proj_in/kernel): expected (16, 16), got (8, 16)" in msg
     short = dict(original)
     pe = "down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe"
     short[pe] = short[pe][:, :4]
