@@ -106,55 +106,91 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
 
 
-def _run(args: argparse.Namespace) -> int:
-    import jax  # noqa: PLC0415  (after argument parsing: --help stays fast)
-    from tqdm import tqdm  # noqa: PLC0415
+def load(checkpoint: str, *, pose_encoder: str | None = None, allow_pickle: bool = False):
+    """The model to animate with (`checkpoints.loading.load_trained`): a training workdir or an export folder."""
+    from humandiff.checkpoints import loading  # noqa: PLC0415  (jax: after argument parsing, --help stays fast)
 
-    from humandiff.checkpoints import loading  # noqa: PLC0415
+    return loading.load_trained(checkpoint, pose_encoder=pose_encoder, allow_pickle=allow_pickle)
+
+
+def animate(loaded, inputs: dict, reference: np.ndarray, *, steps: int, guidance: float, sampler: str,
+            seed: int = 0, eta: float = 0.0, window: int = 16, overlap: int = 4, ref_timestep: int | None = None,
+            on_step=None) -> tuple[np.ndarray, dict]:
+    """Samples one video: what the CLI, the notebook and the web demo call.
+
+    Args:
+      loaded: `load(...)`.
+      inputs: `prepare_inputs`' model inputs (`ref_image`, `poses`, optional `ref_pose`), batch 1.
+      reference: the reference as uint8 `[H, W, 3]` (the image encoder's input, when the model has one).
+      steps, guidance, sampler, seed, eta: the sampler's settings.
+      window, overlap: frames per model call and frames shared by consecutive calls.
+      ref_timestep: timestep of the reference pass (None: the model's training setting, else 0).
+      on_step: called with the step index after every denoising step (a progress bar).
+
+    Returns:
+      `(frames uint8 [F, H, W, 3], metadata)`: the settings used and the seconds spent.
+    """
+    import jax  # noqa: PLC0415
+
     from humandiff.diffusion import pipeline, samplers  # noqa: PLC0415
+
+    inputs = dict(inputs)
+    enc = loaded.models.image_encoder
+    if enc is not None:
+        from humandiff.models.clip_preprocess import preprocess  # noqa: PLC0415
+
+        inputs["clip_image"] = preprocess(reference[None], size=enc.config.image_size)
+    trained = loaded.settings  # the SCD settings the model was trained with ({} for plain diffusers folders)
+    ref_timestep = trained.get("ref_timestep", 0) if ref_timestep is None else ref_timestep
+    cfg = pipeline.SamplingConfig(
+        ref_timestep=ref_timestep, window=window, overlap=min(overlap, window - 1),
+        use_ref_pose="ref_pose" in inputs and trained.get("use_ref_pose", True),
+        # full interaction: the reference sees the target, so its K/V cannot be cached; recompute every step
+        mode="joint" if trained.get("interaction", "causal") == "full" else "cached")
+    schedule = samplers.make_sampler(loaded.schedule, sampler, steps, spacing=loaded.spacing,
+                                     steps_offset=loaded.steps_offset, eta=eta)
+    generate = pipeline.make_generator(loaded.models, cfg, on_step=on_step)
+    t0 = time.perf_counter()
+    out = generate(loaded.params, schedule, inputs, jax.random.key(seed), guidance)
+    frames = media.to_uint8(np.asarray(jax.block_until_ready(out))[0])
+    metadata = {
+        "sources": loaded.sources, "num_frames": int(frames.shape[0]), "size": list(frames.shape[1:3]),
+        "seed": seed, "steps": steps, "guidance": guidance, "sampler": schedule.kind, "eta": eta,
+        "spacing": loaded.spacing, "schedule": dataclasses.asdict(loaded.schedule),
+        "sampling": {k: getattr(cfg, k) for k in ("mode", "ref_timestep", "window", "overlap", "fusion",
+                                                    "use_ref_pose", "uncond_drop_ref", "uncond_drop_embed",
+                                                    "uncond_drop_pose")},
+        "seconds": {"compile_and_sample": round(time.perf_counter() - t0, 3)},
+        "device": str(jax.devices()[0]),
+    }
+    return frames, metadata
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm  # noqa: PLC0415
 
     if not os.path.exists(args.poses):
         raise FileNotFoundError(f"poses not found: {args.poses}")
     cli.refuse_existing([os.path.join(args.out, name) for name in OUTPUTS], args.overwrite)
     t0 = time.perf_counter()
     inputs, images = prepare_inputs(args)  # validate the cheap inputs before loading weights
-    loaded = loading.load_trained(args.checkpoint, pose_encoder=args.pose_encoder, allow_pickle=args.allow_pickle)
-    enc = loaded.models.image_encoder
-    if enc is not None:
-        from humandiff.models.clip_preprocess import preprocess  # noqa: PLC0415
-
-        inputs["clip_image"] = preprocess(images["reference"][None], size=enc.config.image_size)
+    loaded = load(args.checkpoint, pose_encoder=args.pose_encoder, allow_pickle=args.allow_pickle)
     t_load = time.perf_counter() - t0
     n = inputs["poses"].shape[1]
-    trained = loaded.settings  # the SCD settings the model was trained with ({} for plain diffusers folders)
-    ref_timestep = trained.get("ref_timestep", 0) if args.ref_timestep is None else args.ref_timestep
-    cfg = pipeline.SamplingConfig(
-        ref_timestep=ref_timestep, window=args.window, overlap=min(args.overlap, args.window - 1),
-        use_ref_pose="ref_pose" in inputs and trained.get("use_ref_pose", True),
-        # full interaction: the reference sees the target, so its K/V cannot be cached; recompute every step
-        mode="joint" if trained.get("interaction", "causal") == "full" else "cached")
-    sampler = samplers.make_sampler(loaded.schedule, args.sampler, args.steps, spacing=loaded.spacing,
-                                    steps_offset=loaded.steps_offset, eta=args.eta)
     bar = tqdm(total=args.steps, desc=f"sampling {n} frame(s)", unit="step", file=sys.stderr)
-    generate = pipeline.make_generator(loaded.models, cfg, on_step=lambda i: bar.update(1))
-    t1 = time.perf_counter()
-    out = generate(loaded.params, sampler, inputs, jax.random.key(args.seed), args.guidance)
-    frames = media.to_uint8(np.asarray(jax.block_until_ready(out))[0])
-    bar.close()
-    t_sample = time.perf_counter() - t1
-    metadata = {
-        "checkpoint": args.checkpoint, "sources": loaded.sources, "reference": args.reference, "poses": args.poses,
-        "num_frames": int(n), "size": list(frames.shape[1:3]), "fps": images["fps"], "seed": args.seed,
-        "steps": args.steps, "guidance": args.guidance, "sampler": sampler.kind, "eta": args.eta,
-        "spacing": loaded.spacing, "schedule": dataclasses.asdict(loaded.schedule),
-        "sampling": {k: getattr(cfg, k) for k in ("mode", "ref_timestep", "window", "overlap", "fusion",
-                                                    "use_ref_pose", "uncond_drop_ref", "uncond_drop_embed",
-                                                    "uncond_drop_pose")},
-        "seconds": {"load": round(t_load, 3), "compile_and_sample": round(t_sample, 3)},
-        "device": str(jax.devices()[0]),
-    }
+    try:
+        frames, metadata = animate(loaded, inputs, images["reference"], steps=args.steps, guidance=args.guidance,
+                                   sampler=args.sampler, seed=args.seed, eta=args.eta, window=args.window,
+                                   overlap=args.overlap, ref_timestep=args.ref_timestep,
+                                   on_step=lambda i: bar.update(1))
+    finally:
+        bar.close()
+    metadata = {"checkpoint": args.checkpoint, "reference": args.reference, "poses": args.poses,
+                "fps": images["fps"], **metadata}
+    metadata["seconds"] = {"load": round(t_load, 3), **metadata["seconds"]}
     paths = write_outputs(args.out, frames, images, metadata)
-    print(f"{n} frame(s) -> {paths['mp4']} ({t_sample:.1f} s incl. compile)", file=sys.stderr)
+    print(f"{n} frame(s) -> {paths['mp4']} ({metadata['seconds']['compile_and_sample']:.1f} s incl. compile)",
+          file=sys.stderr)
     return 0
 
 
