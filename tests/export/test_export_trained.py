@@ -42,9 +42,26 @@ def test_export_of_a_trained_checkpoint(tmp_path):
     err = rel_err(got.numpy().transpose(0, 2, 3, 1), want)
     print(f"trained checkpoint (2 steps, EMA): exported UNet vs JAX relative error {err:.2e}")
     assert err <= 1e-4
+    _init_checkpoint_reads_a_workdir_or_an_export(str(tmp_path / "run"), str(tmp_path / "out"), trained)
     _sample_from_workdir(str(tmp_path / "run"), tuple(config.data.resolution), tmp_path)
     _read_on_one_device(str(tmp_path / "run"), trained, jax.device_count())
     _held_out_check(str(tmp_path / "run"))
+
+
+def _init_checkpoint_reads_a_workdir_or_an_export(workdir, out, trained):
+    """`model.init_checkpoint` (the next stage's start) reads through the one trained-model reader: the workdir's
+    EMA parameters, or the same parameters from its export folder."""
+    from humandiff.training import state as state_lib  # noqa: PLC0415
+    from humandiff.weights import io  # noqa: PLC0415
+
+    want = io.flatten(trained.params)
+    for path in (workdir, out):
+        got = io.flatten(state_lib._load_init_checkpoint(path))
+        assert set(got) == set(want), path
+        for key, value in want.items():
+            np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(value), err_msg=f"{path}: {key}")
+    with pytest.raises(state_lib.checkpoint.CheckpointError, match="config.model.init_checkpoint="):
+        state_lib._load_init_checkpoint(out + "_missing")
 
 
 def _held_out_check(workdir):
