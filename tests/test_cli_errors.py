@@ -87,6 +87,24 @@ def test_train_refused_by_the_checkpoint_keeps_config_json(tmp_path):
     assert sorted(os.listdir(workdir / "checkpoints")) == ["4"]
 
 
+def test_train_names_a_video_too_short_for_the_sampling(tmp_path):
+    """A built dataset whose videos are shorter than the frame sampling needs: one line naming the video and the
+    knobs, before anything is written to the workdir."""
+    from data_pipelines import fake_layouts  # noqa: PLC0415
+
+    raw = fake_layouts.write_ubc_fashion(str(tmp_path / "raw"), num_train=2, num_test=1, num_frames=6, height=16,
+                                         width=16)
+    build.build("ubc_fashion", str(tmp_path / "out"), raw)
+    workdir = tmp_path / "w"
+    run = _train("--config", TINY, "--workdir", workdir, "--config.data.source=tfds",
+                 f"--config.data.data_dir={tmp_path / 'out'}", "--config.data.name=ubc_fashion",
+                 "--config.data.min_margin=8")
+    assert run.returncode == 2, run.stderr[-3000:]
+    line = _one_error_line(run.stderr)
+    assert "6 frames cannot give a pair 8 frames apart" in line and "data.skip_short=True" in line, line
+    assert "video " in line and not (workdir / "config.json").exists()
+
+
 # --------------------------------------------------------------------------------------------- sample: poses
 
 
