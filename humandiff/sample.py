@@ -238,6 +238,15 @@ def input_size(loaded, size=None, native: tuple[int, int] | None = None) -> tupl
     return tuple(native), "reference"
 
 
+def check_inputs(loaded, inputs: dict) -> None:
+    """Raises ValueError (one line, naming the flag) for inputs this model cannot sample from: no reference pose
+    for a model trained with one, or try-on inputs for a model trained for another task. `animate` checks too;
+    call it first to fail before anything else is shown."""
+    s = resolve_settings(loaded)
+    _use_ref_pose(s, inputs)
+    _check_task(s, inputs)
+
+
 def _use_ref_pose(settings: dict, inputs: dict) -> dict:
     """The model's use_ref_pose when it records one (a model trained with it needs a reference pose), else
     whether a reference pose is given."""
@@ -407,6 +416,7 @@ def _run(args: argparse.Namespace) -> int:
     t_load = time.perf_counter() - t0
     given = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler,
              "ref_timestep": args.ref_timestep}
+    check_inputs(loaded, inputs)
     steps = resolve_settings(loaded, **given)["steps"]["value"]
     n = inputs["poses"].shape[1]
     print(f"compiling the sampler for {n} frame(s) of {size[0]}x{size[1]}, then {steps} steps", file=sys.stderr)
