@@ -25,7 +25,8 @@ import ml_collections
 
 INTERACTIONS = ("causal", "full")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-SAMPLERS = ("ddim", "dpmsolver++", "euler")
+SAMPLERS = ("ddim", "dpmsolver++", "euler")  # the one spelling of each sampler (configs, CLI, metadata)
+SAMPLER_ALIASES = {"dpm++": "dpmsolver++", "dpm": "dpmsolver++", "dpmpp": "dpmsolver++"}  # accepted, never written
 TRAINING_FORMS = ("two_pass", "joint")
 POSE_INJECTIONS = ("conv_in", "input")
 COMPUTE_DTYPES = ("float32", "bfloat16")

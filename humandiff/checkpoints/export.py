@@ -306,15 +306,20 @@ def scheduler_config(config: Any) -> dict:
 
 
 def settings(trained: Trained, dtype: str) -> dict:
-    """The "humandiff" block of model_index.json: what a sampler needs beyond the diffusers components."""
+    """The "humandiff" block of model_index.json: what a sampler needs beyond the diffusers components.
+
+    The sampler settings (`sampler`, `num_steps`, `guidance_scale`: the run's `config.sample`, what its held-out
+    evaluation uses) are recorded only when the config has them; `humandiff.sample` then uses them as defaults.
+    """
     c = trained.config
     sample = c.get("sample", {})
+    casts = {"sampler": str, "num_steps": int, "guidance_scale": float}
     return {
         "step": trained.step, "ema": trained.ema, "dtype": dtype, "task": c.get("task", "image"),
         "interaction": c.model.interaction, "pose_injection": c.model.pose_injection,
         "use_ref_pose": bool(c.model.use_ref_pose), "ref_timestep": int(c.diffusion.ref_timestep),
         "prediction_type": c.diffusion.prediction_type, "resolution": list(c.data.resolution),
-        "guidance_scale": float(sample.get("guidance_scale", 3.5)), "num_steps": int(sample.get("num_steps", 25)),
+        **{k: cast(sample[k]) for k, cast in casts.items() if k in sample},
         "motion_modules": bool(getattr(trained.models.unet, "motion_modules", False)),
         "motion_norm": getattr(trained.models.unet, "motion_norm", None),
         "source": trained.workdir,

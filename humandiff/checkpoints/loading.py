@@ -10,8 +10,9 @@ writes):
     CKPT/image_encoder/   transformers CLIPVisionModelWithProjection         (optional: zero context without it)
     CKPT/scheduler/       scheduler_config.json                              (optional: schedule defaults)
     CKPT/pose_encoder.safetensors  or  CKPT/pose_encoder/*.safetensors      (or --pose-encoder FILE)
-    CKPT/model_index.json  its "humandiff" block (written by `humandiff.export`): the SCD settings the model was
-                           trained with (interaction, ref_timestep, use_ref_pose), used as the sampler's defaults
+    CKPT/model_index.json  its "humandiff" block (written by `humandiff.export`): the settings the model was
+                           trained with (interaction, ref_timestep, use_ref_pose, task, resolution) and its sampler
+                           settings (sampler, num_steps, guidance_scale), used as `humandiff.sample`'s defaults
 
 The pose-encoder file holds a torch-style state dict (`conv_in.weight`, `blocks.0.weight`, ..., `conv_out.weight`,
 as `humandiff.weights.pose.pose_encoder_to_torch` writes); its architecture is read from the tensor shapes.

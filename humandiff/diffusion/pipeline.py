@@ -329,6 +329,7 @@ def make_generator(models: Models, cfg: SamplingConfig, on_step: Callable | None
 
     Changing `guidance`, the seed, the parameters or the sampler's tables (same kind and step count) reuses the
     compiled program. Inputs are validated (`check_inputs`) on every call before dispatch.
+    `fn.compile_ahead(params, sampler, inputs, rng, guidance)` compiles without running and returns `run()`.
 
     Args:
       models: the modules.
@@ -341,7 +342,7 @@ def make_generator(models: Models, cfg: SamplingConfig, on_step: Callable | None
     jitted = jax.jit(lambda params, sampler, inputs, rng, guidance: generate(
         models, cfg, params, sampler, inputs, rng, guidance, on_step))
 
-    def fn(params, sampler, inputs, rng, guidance):
+    def arguments(params, sampler, inputs, rng, guidance):
         check_inputs(models, cfg, inputs)
         if not 0 <= cfg.ref_timestep < sampler.alphas_cumprod.shape[0]:
             raise ValueError(f"ref_timestep={cfg.ref_timestep} outside the schedule's [0, "
@@ -349,9 +350,20 @@ def make_generator(models: Models, cfg: SamplingConfig, on_step: Callable | None
         if mesh is not None:
             params, inputs = shard_batch(mesh, batch_axis, params, inputs)
         # A Python float and a float32 array would be two signatures (weak vs strong type): normalise.
-        return jitted(params, sampler, inputs, rng, jnp.asarray(guidance, jnp.float32))
+        return params, sampler, inputs, rng, jnp.asarray(guidance, jnp.float32)
+
+    def fn(params, sampler, inputs, rng, guidance):
+        return jitted(*arguments(params, sampler, inputs, rng, guidance))
+
+    def compile_ahead(params, sampler, inputs, rng, guidance) -> Callable[[], jax.Array]:
+        """Compiles for these arguments without sampling; returns `run()`, which samples with them (so compile
+        time and sampling time can be measured apart)."""
+        args = arguments(params, sampler, inputs, rng, guidance)
+        compiled = jitted.lower(*args).compile()
+        return lambda: compiled(*args)
 
     fn.jitted = jitted
+    fn.compile_ahead = compile_ahead
     return fn
 
 

@@ -23,11 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from humandiff import config_lib
 from humandiff.diffusion.schedules import ScheduleConfig
 
-SAMPLERS = ("ddim", "dpmsolver++", "euler")
+SAMPLERS = config_lib.SAMPLERS
 SPACINGS = ("leading", "trailing", "linspace")
-ALIASES = {"dpm++": "dpmsolver++", "dpm": "dpmsolver++", "dpmpp": "dpmsolver++", "ddim": "ddim", "euler": "euler"}
+ALIASES = config_lib.SAMPLER_ALIASES
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 

@@ -40,7 +40,7 @@ def _inputs():
     }
 
 
-SAMPLER = samplers.make_sampler(ScheduleConfig(zero_terminal_snr=True, prediction_type="v_prediction"), "dpm++", 3)
+SAMPLER = samplers.make_sampler(ScheduleConfig(zero_terminal_snr=True, prediction_type="v_prediction"), "dpmsolver++", 3)
 
 
 def _sample(models, params, cfg):

@@ -57,7 +57,7 @@ def test_sample_cli_on_a_workdir_equals_the_library_and_writes_only_results(tiny
     out = tmp_path / "out"
     rc = sample.main(["--checkpoint", workdir, "--reference", str(tmp_path / "ref.png"), "--poses",
                       str(tmp_path / "poses"), "--ref-pose", str(tmp_path / "ref_pose.png"), "--out", str(out),
-                      "--steps", "3", "--guidance", "2.5", "--seed", "7", "--sampler", "dpm++"])
+                      "--steps", "3", "--guidance", "2.5", "--seed", "7", "--sampler", "dpmsolver++"])
     assert rc == 0
     assert sorted(os.listdir(out)) == ["frames", "grid.mp4", "metadata.json", "result.gif", "result.mp4"]
     assert _tree(workdir) == before  # nothing written into the run
