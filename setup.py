@@ -31,7 +31,9 @@ TORCH = [
     "transformers>=5.0,<6",
 ]
 POSE = ["onnxruntime>=1.20,<2"]
-TEST = TORCH + POSE + [
+APP = ["gradio>=6,<7"]  # the web demo, python -m humandiff.app
+TEST = TORCH + POSE + APP + [
+    "selenium>=4.20,<5",  # drives a headless Chromium through the web demo (.ci/run installs the browser)
     "pytest>=8,<10",
     "pytest-xdist>=3.5,<4",
     "scikit-image>=0.24,<0.27",
@@ -54,6 +56,7 @@ setuptools.setup(
     extras_require={
         "torch": TORCH,
         "pose": POSE,
+        "app": APP,
         "test": TEST,
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda13]>=0.10.2,<0.11"],

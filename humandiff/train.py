@@ -51,7 +51,7 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
     config_lib.validate(config, num_devices=jax.device_count())
     mesh = sharding.make_mesh(config)
     is_main = jax.process_index() == 0
-    logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(), jax.process_count())
+    runtime.announce(runtime.describe(config, mesh))
 
     # ---------------------------------------------------------------------------------------------- input
     if dataset is None:
@@ -68,18 +68,30 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
     # ---------------------------------------------------------------------------------------- shard + ckpt
     ckpt = checkpoint.Checkpointer(workdir, config.ckpt.every, config.ckpt.keep, config.ckpt.async_save)
     state, frozen, state_sh, frozen_sh, start = state_lib.build_state(config, models, pretrained, mesh, ckpt, data_iter)
-    logging.info("parameters: %d trainable, %d frozen", modeling.count_params(state["params"]),
-                 modeling.count_params(frozen))
+    runtime.announce(f"parameters: {modeling.count_params(state['params']):,} trainable, "
+                     f"{modeling.count_params(frozen):,} frozen")
+    if start >= config.total_steps:  # nothing to train: no evaluators, no compile, no full progress bar
+        runtime.announce(f"finished: {workdir} already holds step {start} (config.total_steps={config.total_steps}); "
+                         "nothing to train. Raise --config.total_steps to train further, or pass another --workdir")
+        ckpt.close()
+        return []
+    runtime.announce(f"resuming from step {start} of {config.total_steps} ({ckpt.directory})" if start else
+                     f"starting at step 0 of {config.total_steps}")
 
     # ---------------------------------------------------------------------------------------------- evals
     if evaluators is None:  # their held-out data is read now, before the step compiles; they compile once
+        if config.evals:
+            runtime.announce(f"building the evaluations ({', '.join(config.evals)}): reading their held-out data ...")
         evaluators = evals.build(models, config, mesh)
     if is_main:  # only now: a run refused by the workdir's checkpoint or its evaluations leaves config.json as it was
         state_lib.write_config(workdir, config)
 
     # ----------------------------------------------------------------------------------------------- step
     first = next(data_iter)
+    runtime.announce("compiling the train step ...")
+    t0 = time.time()
     compiled = state_lib.compile_step(config, models, mesh, state, frozen, state_sh, frozen_sh, first)
+    runtime.announce(f"compiled the train step in {time.time() - t0:.1f} s")
     writer = MetricWriter(os.path.join(workdir, "tb"))
 
     # ----------------------------------------------------------------------------------------------- loop

@@ -1,5 +1,5 @@
-"""Process set-up before JAX starts (XLA:CPU scheduler, CPU device count, multi-process initialisation) and the
-per-step random key.
+"""Process set-up before JAX starts (XLA:CPU scheduler, CPU device count, multi-process initialisation), the
+per-step random key, and the trainer's start-up lines for the person at the terminal (`announce`, `describe`).
 
 The three `use_*` / `maybe_*` functions only take effect before JAX's first computation; the trainer
 (`humandiff/train.py`), the benchmarks and the held-out evaluation CLI call them first thing.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import jax
 import numpy as np
@@ -72,3 +73,27 @@ def step_rng(seed: int, step: int, mesh) -> jax.Array:
     Made by a jitted function with a replicated output sharding, so it is a global array on every process.
     """
     return _rng_fn(mesh)(np.uint32(seed), np.uint32(step))
+
+
+def announce(message: str) -> None:
+    """Prints a start-up line (what is built, compiled, resumed) to stderr on process 0.
+
+    A plain print, not absl INFO: `python -m humandiff.train` sets the log verbosity to WARNING (Orbax logs every
+    save at INFO), which would hide it, and these lines come before the progress bar exists.
+    """
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def describe(config, mesh) -> str:
+    """One line: the task, the model, the data, the run's length and the mesh it trains on."""
+    model = config.model
+    unet = f"UNet from {model.unet_dir}" if model.get("unet_dir") else \
+        f"UNet {tuple(model.unet.get('block_out_channels', ()))}"
+    space = f"latent space (VAE {model.vae_dir})" if model.get("vae_dir") else "pixel space"
+    data = config.data.get("name") or config.data.source
+    height, width = config.data.resolution
+    return (f"building the {config.get('task', 'image')} model: {unet}, {space}, {model.interaction} interaction; "
+            f"data {data} at {height}x{width}, batch {config.batch_size}, {config.total_steps} steps; "
+            f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} device(s), "
+            f"{jax.process_count()} process(es)")
