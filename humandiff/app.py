@@ -6,8 +6,7 @@
 CKPT is what `humandiff.sample` takes (a training workdir or an export folder); it is loaded once, at start-up.
 Every request runs the sampler CLI's own library calls (`sample.prepare_inputs`, `sample.animate`,
 `sample.write_outputs`): for the same inputs, settings and seed, the demo's video is the CLI's. The defaults of
-steps, guidance and sampler are the model's own (its training config's `sample` block, else its export's
-settings). Each request writes a CLI-style output folder under --out (default: a temporary folder). Bad input
+steps, guidance and sampler are the model's own (`sample.resolve_settings`, as the CLI's). Each request writes a CLI-style output folder under --out (default: a temporary folder). Bad input
 shows the CLI's one-line message, never a traceback. The bundled dances are generated at start-up by
 `humandiff.data.synthetic` (nothing is downloaded); their first frames are offered as example references.
 """
@@ -25,7 +24,6 @@ import numpy as np
 
 from humandiff import cli, media, sample
 
-FALLBACKS = {"sampler": "ddim", "steps": 25, "guidance": 3.5, "resolution": (512, 512)}
 DANCE_FRAMES = 16  # frames of each bundled dance
 DANCE_SEEDS = (1, 2)  # motion seeds of the bundled dances (held-out identities of the synthetic test split)
 
@@ -43,27 +41,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def defaults(loaded) -> dict:
-    """The model's own sampler settings: its training config's `sample` block, else its export's settings.
+    """The model's own sampler settings (`sample.resolve_settings`, as the CLI uses them).
 
     Returns:
-      `{"sampler", "steps", "guidance", "resolution"}`; the sampler spelled as in `sample.SAMPLERS`.
+      `{"sampler", "steps", "guidance", "resolution"}`; resolution None when the model records none.
     """
-    from humandiff.diffusion.samplers import ALIASES  # noqa: PLC0415
-
-    settings = dict(loaded.settings or {})
-    if loaded.config is not None:
-        own = loaded.config.get("sample", {})
-        found = {"sampler": own.get("sampler"), "steps": own.get("num_steps"), "guidance": own.get("guidance_scale"),
-                 "resolution": loaded.config.get("data", {}).get("resolution")}
-    else:
-        found = {"sampler": settings.get("sampler"), "steps": settings.get("num_steps"),
-                 "guidance": settings.get("guidance_scale"), "resolution": settings.get("resolution")}
-    out = {k: FALLBACKS[k] if v is None else v for k, v in found.items()}
-    kind = ALIASES.get(out["sampler"], out["sampler"])
-    out["sampler"] = next((s for s in sample.SAMPLERS if ALIASES.get(s, s) == kind), FALLBACKS["sampler"])
-    out["steps"], out["guidance"] = int(out["steps"]), float(out["guidance"])
-    out["resolution"] = tuple(int(v) for v in out["resolution"])
-    return out
+    s = sample.resolve_settings(loaded)
+    res = s["resolution"]["value"]
+    return {"sampler": s["sampler"]["value"], "steps": int(s["steps"]["value"]),
+            "guidance": float(s["guidance"]["value"]), "resolution": None if res is None else tuple(res)}
 
 
 def make_dances(folder: str, resolution: tuple[int, int]) -> dict[str, dict]:
@@ -107,7 +93,10 @@ def generate(loaded, args: argparse.Namespace, *, steps: int, guidance: float, s
     Raises:
       The CLI's expected errors (`cli.EXPECTED`) for input a person can fix.
     """
-    inputs, images = sample.prepare_inputs(args)
+    native = media.load_image(args.reference, None, "reference image").shape[:2]
+    size, _ = sample.input_size(loaded, media.parse_size(args.size) if args.size else None, native)
+    inputs, images = sample.prepare(args, False, size)
+    sample.check_inputs(loaded, inputs)
     frames, metadata = sample.animate(loaded, inputs, images["reference"], steps=steps, guidance=guidance,
                                       sampler=sampler, seed=seed, eta=args.eta, window=args.window,
                                       overlap=args.overlap, ref_timestep=args.ref_timestep, on_step=on_step)
@@ -144,10 +133,13 @@ def build(loaded, checkpoint: str, out_root: str, dances: dict[str, dict]):
                 loaded, args, steps=steps, guidance=float(guidance), sampler=sampler, seed=int(seed),
                 on_step=lambda i: context.run(progress, (int(i) + 1, steps), desc="sampling"))
         except cli.EXPECTED as e:
+            if not os.listdir(out):  # this request's own, still empty folder
+                os.rmdir(out)
             raise gr.Error(cli.message(e)) from None
         files = [paths[k] for k in ("mp4", "gif", "grid", "metadata")]
-        took = metadata["seconds"]["compile_and_sample"]
-        status = f"{metadata['num_frames']} frame(s) in {took:.1f} s (incl. compile), written to {out}"
+        sec = metadata["seconds"]
+        status = (f"{metadata['num_frames']} frame(s): compiled in {sec['compile']:.1f} s, sampled in "
+                  f"{sec['sample']:.1f} s; written to {out}")
         return paths["mp4"], paths["grid"], files, status
 
     with gr.Blocks(title="humandiff: SCD demo", analytics_enabled=False) as demo:
@@ -171,7 +163,7 @@ def build(loaded, checkpoint: str, out_root: str, dances: dict[str, dict]):
                 sampler = gr.Dropdown(list(sample.SAMPLERS), value=own["sampler"], label="sampler", elem_id="sampler")
                 seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
                 max_frames = gr.Number(0, precision=0, label="max frames (0: all)", elem_id="max_frames")
-                size = gr.Textbox("", label="size HxW (empty: the reference's size)", elem_id="size")
+                size = gr.Textbox("", label="size HxW (empty: the model's, else the reference's size)", elem_id="size")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
         with gr.Row():
             video = gr.Video(label="result", elem_id="result", autoplay=True, loop=True)
@@ -208,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.makedirs(out_root, exist_ok=True)
         print(f"loading {args.checkpoint} ...", file=sys.stderr, flush=True)
         loaded = sample.load(args.checkpoint, pose_encoder=args.pose_encoder, allow_pickle=args.allow_pickle)
-        dances = make_dances(os.path.join(out_root, "dances"), defaults(loaded)["resolution"])
+        dances = make_dances(os.path.join(out_root, "dances"), defaults(loaded)["resolution"] or (64, 64))
         demo = build(loaded, args.checkpoint, out_root, dances)
         print(f"outputs go to {out_root}", file=sys.stderr, flush=True)
         launch(demo, args.host, args.port, out_root)

@@ -386,7 +386,8 @@ def _check_mode(args: argparse.Namespace) -> bool:
     return False
 
 
-def _prepare(args: argparse.Namespace, tryon: bool, size) -> tuple[dict, dict]:
+def prepare(args: argparse.Namespace, tryon: bool, size) -> tuple[dict, dict]:
+    """`prepare_tryon` or `prepare_inputs` of the CLI's flags `args` at `size` (the CLI's and the web demo's)."""
     if tryon:
         return prepare_tryon(args.person, args.garment, args.mask, size=size, poses=args.poses,
                              keypoints_size=args.keypoints_size)
@@ -408,11 +409,11 @@ def _run(args: argparse.Namespace) -> int:
     native = media.load_image(args.person if tryon else args.reference, None,
                               "person image" if tryon else "reference image").shape[:2]
     first = flag_size or (max(8, native[0] // 8 * 8), max(8, native[1] // 8 * 8))
-    inputs, images = _prepare(args, tryon, first)
+    inputs, images = prepare(args, tryon, first)
     loaded = load(args.checkpoint, pose_encoder=args.pose_encoder, allow_pickle=args.allow_pickle)
     size, size_from = input_size(loaded, flag_size, native)
     if size != first:
-        inputs, images = _prepare(args, tryon, size)
+        inputs, images = prepare(args, tryon, size)
     t_load = time.perf_counter() - t0
     given = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler,
              "ref_timestep": args.ref_timestep}

@@ -154,6 +154,8 @@ def test_the_demo_in_a_browser_gives_the_cli_frames_and_one_line_errors(tiny_ckp
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#reference input[type=file]"))
         driver.find_element(By.CSS_SELECTOR, "#reference input[type=file]").send_keys(reference)
         driver.find_element(By.CSS_SELECTOR, "#poses input[type=file]").send_keys(poses)
+        # The tiny model was trained with the reference pose: its first pose frame stands in for it.
+        driver.find_element(By.CSS_SELECTOR, "#ref_pose input[type=file]").send_keys(poses)
         seed = driver.find_element(By.CSS_SELECTOR, "#seed input")
         seed.send_keys(Keys.CONTROL, "a")
         seed.send_keys(str(SEED), Keys.TAB)
@@ -180,13 +182,14 @@ def test_the_demo_in_a_browser_gives_the_cli_frames_and_one_line_errors(tiny_ckp
 
     # The same request through the CLI's library calls, with the model's own sampler settings.
     args = sample.parse_args(["--checkpoint", workdir, "--reference", reference, "--poses", poses,
-                              "--out", str(tmp_path / "direct")])
-    inputs, images = sample.prepare_inputs(args)
+                              "--ref-pose", poses, "--out", str(tmp_path / "direct")])
+    inputs, images = sample.prepare(args, False, tuple(config.data.resolution))
     want, _ = sample.animate(sample.load(workdir), inputs, images["reference"], steps=config.sample.num_steps,
                              guidance=config.sample.guidance_scale, sampler=config.sample.sampler, seed=SEED)
     assert want.shape == (FRAMES, SIZE, SIZE, 3) and want.std() > 0
-    runs = sorted(p for p in os.listdir(out) if p.startswith("run-"))
-    ran = out / runs[0]
+    runs = [out / p for p in os.listdir(out) if p.startswith("run-")]
+    assert len(runs) == 1, runs  # the good request's; the refused one left no folder
+    ran = runs[0]
     meta = json.loads((ran / "metadata.json").read_text())
     assert (meta["seed"], meta["steps"], meta["guidance"]) == (SEED, config.sample.num_steps,
                                                               config.sample.guidance_scale)
@@ -197,16 +200,13 @@ def test_the_demo_in_a_browser_gives_the_cli_frames_and_one_line_errors(tiny_ckp
 
 
 def test_defaults_are_the_models_own():
-    config = types.SimpleNamespace(get=lambda k, d=None: {"sample": {"sampler": "dpmsolver++", "num_steps": 5,
-                                                                     "guidance_scale": 1.25},
-                                                          "data": {"resolution": (32, 48)}}.get(k, d))
-    settings = {"sampler": "euler", "num_steps": 9, "guidance_scale": 2.0, "resolution": [64, 64]}
-    got = app.defaults(types.SimpleNamespace(config=config, settings=settings))
-    assert got == {"sampler": "dpm++", "steps": 5, "guidance": 1.25, "resolution": (32, 48)}
-    got = app.defaults(types.SimpleNamespace(config=None, settings=settings))  # an export folder: its settings
-    assert got == {"sampler": "euler", "steps": 9, "guidance": 2.0, "resolution": (64, 64)}
+    """The settings the model records (a workdir's config or an export's model_index.json, as `Loaded.settings`),
+    else the CLI's fallbacks: `sample.resolve_settings`, the CLI's own."""
+    settings = {"sampler": "dpm++", "num_steps": 5, "guidance_scale": 1.25, "resolution": [32, 48]}
+    got = app.defaults(types.SimpleNamespace(config=None, settings=settings))
+    assert got == {"sampler": "dpmsolver++", "steps": 5, "guidance": 1.25, "resolution": (32, 48)}
     got = app.defaults(types.SimpleNamespace(config=None, settings={}))
-    assert got == {"sampler": "ddim", "steps": 25, "guidance": 3.5, "resolution": (512, 512)}
+    assert got == {"sampler": "ddim", "steps": 25, "guidance": 3.5, "resolution": None}
 
 
 def test_a_missing_checkpoint_is_one_error_line(tmp_path, capsys):
