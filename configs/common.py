@@ -41,7 +41,7 @@ def base(interaction: str, use_ref_pose: bool, form: str) -> ml_collections.Conf
     c.train.nan_policy = "skip"  # non-finite loss/grads: skip the update | stop training (never checkpointed)
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.decay_steps = 1000  # wsd: the last steps, decaying linearly to 0 at total_steps (+0.5 dB over constant)
+    c.optim.decay_steps = 1000  # wsd: the last steps, decaying linearly to 0 at total_steps (beat constant, docs/results.md)
     c.optim.b1 = 0.9  # AdamW beta1
     c.optim.b2 = 0.999  # AdamW beta2
     c.optim.eps = 1e-8  # AdamW epsilon

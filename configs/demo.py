@@ -21,8 +21,8 @@ def get_config(arg=None):
     """Returns the demo config; see the module docstring for the args."""
     arg = config_lib.parse_arg(arg, runlocal=False, interaction="causal", use_ref_pose=True, form="")
     c = config_lib.load_sibling(__file__, "common").base(arg.interaction, arg.use_ref_pose, arg.form)
-    c.total_steps = 2700  # optimizer steps (about 12 min on 2 CPU cores; more steps give better samples)
-    c.batch_size = 4  # global batch: (reference, target) pairs per step (at equal time 4 beat 2 and 8; 8 beat 16)
+    c.total_steps = 2700  # optimizer steps (more steps give better samples; run time: docs/results.md)
+    c.batch_size = 4  # global batch: (reference, target) pairs per step (chosen by held-out PSNR at equal time, docs/results.md)
     c.log_every = 20  # steps between metric writes (TensorBoard + progress bar)
 
     c.model.unet = ml_collections.ConfigDict(dict(  # diffusers UNet2DConditionModel config.json fields
@@ -50,7 +50,7 @@ def get_config(arg=None):
     c.train.compute_dtype = "float32"  # float32 | bfloat16 activations (parameters stay float32)
     c.train.remat = False  # rematerialise UNet blocks in the backward pass (memory for FLOPs)
 
-    c.optim.lr = 2e-3  # peak AdamW learning rate (2e-3 beat 1e-3 by 1.7 dB at 450 x 16 steps)
+    c.optim.lr = 2e-3  # peak AdamW learning rate (chosen by held-out PSNR, docs/results.md)
     c.optim.warmup_steps = 50  # linear warmup steps
     c.optim.schedule = "wsd"  # after warmup: constant | cosine (decays to 0 at total_steps) | wsd (optim.decay_steps)
     c.optim.ema_decay = 0.99  # EMA of trainable parameters, used for samples (0 = none; ~100-step horizon here)
@@ -71,10 +71,10 @@ def get_config(arg=None):
     c.ckpt.every = 250  # steps between checkpoints
 
     c.sample.sampler = "dpmsolver++"  # ddim | dpmsolver++ (DPM-Solver++ 2M) | euler
-    c.sample.num_steps = 5  # denoising steps (DPM-Solver++ with 5 scored above 10 and 20, and above DDIM with 10)
-    c.sample.guidance_scale = 1.25  # classifier-free guidance on the reference (1.25 > 1.5 > 2 > 3 in PSNR)
-    # Held-out synthetic identities sampled (test split: never trained on), split over the devices. Per identity the
-    # gain over copying the reference varies with SD about 2 dB, so 4 identities left an SE of about 1 dB; 16 halve it.
+    c.sample.num_steps = 5  # denoising steps (sampler and steps chosen by held-out PSNR, docs/results.md)
+    c.sample.guidance_scale = 1.25  # classifier-free guidance on the reference (chosen by held-out PSNR, docs/results.md)
+    # Held-out synthetic identities sampled (test split: never trained on), split over the devices. The gain over
+    # copying the reference varies a lot between identities: enough of them for a small standard error (docs/results.md).
     c.evals.heldout.num_videos = 16
     c.evals.heldout.num_frames = 8  # target frames per identity
 

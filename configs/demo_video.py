@@ -78,7 +78,7 @@ def get_config(arg=None):
     if arg.stage1:
         _copy_stage1(c, stage1_config(arg.stage1), os.path.join(arg.stage1, "config.json"))
     c.task = "video"  # clips of data.num_frames target frames sharing one reference cache
-    c.total_steps = 300  # optimizer steps (~1.5 s each on 2 CPU cores)
+    c.total_steps = 300  # optimizer steps (run time: docs/results.md)
     c.batch_size = 2  # global clips per step (2 clips x 8 frames = 16 target frames)
     c.log_every = 20  # steps between metric writes
     c.model.init_checkpoint = arg.stage1  # stage-1 workdir: UNet + pose encoder start from its (EMA) parameters
