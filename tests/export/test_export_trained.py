@@ -159,7 +159,8 @@ def _sample_from_workdir(workdir, size, tmp_path):
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / "poses" / f"{i}.png")
     out = tmp_path / "sampled"
     rc = sample.main(["--checkpoint", workdir, "--reference", str(tmp_path / "ref.png"), "--poses",
-                      str(tmp_path / "poses"), "--out", str(out), "--steps", "2"])
+                      str(tmp_path / "poses"), "--ref-pose", str(tmp_path / "poses" / "0.png"), "--out", str(out),
+                      "--steps", "2"])  # the tiny config trains with the reference pose
     assert rc == 0
     assert not (out / "model").exists()  # the workdir is read directly, not exported on the fly
     assert sorted(p.name for p in (out / "frames").iterdir()) == ["frame_0000.png", "frame_0001.png"]
