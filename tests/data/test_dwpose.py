@@ -175,9 +175,12 @@ def test_cli_on_mp4_and_frame_folder(models, tmp_path, capsys):
     assert got.shape == written.shape == (2, 133, 3)
     assert extract.main(["--video", folder, video, "--det", det, "--pose", pose, "--skip_existing"]) == 0
     capsys.readouterr()
-    for name, expected in ("none.mp4", "video not found"), ("broken.mp4", "broken.mp4: cannot decode video"):
-        if name == "broken.mp4":
-            (tmp_path / name).write_bytes(b"not a video")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "no_frames").mkdir()
+    for name, expected in (("none.mp4", "video not found"), ("broken.mp4", "broken.mp4: cannot decode video"),
+                           ("empty.mp4", "empty.mp4"), ("no_frames", "no_frames")):
         with pytest.raises(SystemExit) as e:  # humandiff.cli: one error line, status 2
             extract.main(["--video", str(tmp_path / name), "--det", det, "--pose", pose])
-        assert e.value.code == 2 and expected in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and expected in err and err.count("\n") == 1 and "Traceback" not in err, err
