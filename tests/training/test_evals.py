@@ -263,3 +263,11 @@ def test_registry_entries_are_checked_at_start_up():
     with config.unlocked():
         config.evals = {}
     config_lib.validate(config)  # no evaluations is a valid choice
+
+
+def test_every_sets_when_an_evaluation_runs_inside_training():
+    config = config_lib.load("configs/tiny_test.py")
+    with config.unlocked():
+        config.total_steps, config.evals.heldout.every, config.evals.loss.every = 10, 3, 0
+    assert [s for s in range(1, 11) if evals.due(config, "heldout", s)] == [3, 6, 9]  # the end (10) runs them all
+    assert not any(evals.due(config, "loss", s) for s in range(1, 11))  # 0: only at the end
