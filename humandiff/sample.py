@@ -300,11 +300,8 @@ def animate(loaded, inputs: dict, reference: np.ndarray, *, steps: int | None = 
     size = [int(v) for v in inputs["ref_image"].shape[1:3]]
     s["resolution"] = {"value": size, "from": "model" if s["resolution"]["value"] == size else "inputs"}
     inputs = dict(inputs)
-    enc = loaded.models.image_encoder
-    if enc is not None:
-        from humandiff.models.clip_preprocess import preprocess  # noqa: PLC0415
-
-        inputs["clip_image"] = preprocess(reference[None], size=enc.config.image_size)
+    if loaded.models.image_encoder is not None:
+        inputs["clip_image"] = loaded.models.clip_input(reference[None])
     cfg = pipeline.SamplingConfig(
         ref_timestep=s["ref_timestep"]["value"], window=window, overlap=min(overlap, window - 1),
         use_ref_pose=s["use_ref_pose"]["value"],

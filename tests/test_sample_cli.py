@@ -184,3 +184,17 @@ def test_cli_uses_the_checkpoints_training_settings(checkpoint, inputs, tmp_path
     assert sample.main([*common, "--out", str(tmp_path / "b"), "--ref-timestep", "0"]) == 0
     meta = json.loads((tmp_path / "b" / "metadata.json").read_text())
     assert meta["sampling"]["mode"] == "cached" and meta["sampling"]["ref_timestep"] == 0
+
+
+def test_trainer_evaluation_prepares_clip_like_the_cli(checkpoint):
+    """The trainer's held-out evaluation and `sample.animate` give the image encoder the same input: CLIP
+    preprocessing of the uint8 reference (`Models.clip_input`), not of its [-1, 1] float copy (bicubic resizing
+    in float differs by up to about a third of a level)."""
+    from humandiff.training import evals  # noqa: PLC0415
+
+    models = sample.load(str(checkpoint)).models
+    ref = np.random.default_rng(3).integers(0, 256, (2, 40, 56, 3), dtype=np.uint8)
+    signed = ref.astype(np.float32) * (2.0 / 255.0) - 1.0  # as the held-out examples hold the reference
+    got = evals._clip_inputs(models, {"ref_image": signed})["clip_image"]
+    np.testing.assert_array_equal(got, np.asarray(models.clip_input(ref), np.float32))
+    assert got.shape == (2, models.image_encoder.config.image_size, models.image_encoder.config.image_size, 3)

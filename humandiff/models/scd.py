@@ -93,6 +93,15 @@ class Models:
         images = images.reshape((-1,) + images.shape[2:])[:n]
         return jnp.clip(images.astype(jnp.float32), -1.0, 1.0)
 
+    def clip_input(self, references: Any) -> Any:
+        """The image encoder's input for uint8 references `[B, H, W, 3]` (CLIP-preprocessed at the encoder's size),
+        or None for a model without one. Sampling and the trainer's evaluations both prepare it here."""
+        if self.image_encoder is None:
+            return None
+        from humandiff.models.clip_preprocess import preprocess  # noqa: PLC0415
+
+        return preprocess(references, size=self.image_encoder.config.image_size)
+
     def embed(self, params: PyTree, clip_image: jax.Array | None, batch: int) -> jax.Array:
         """`[B, 1, D]` float32 context: the image embedding of `clip_image` `[B, S, S, 3]` (CLIP-normalised), or a
         zero token when the model has no image encoder. No gradient flows into the encoder."""

@@ -117,11 +117,11 @@ def make_sampler_fn(models: Models, config, num_frames: int, mesh: jax.sharding.
 
 
 def _clip_inputs(models: Models, inputs: dict) -> dict:
+    """With an image encoder, `inputs` plus its `clip_image`, prepared from the uint8 reference as sampling does
+    (`Models.clip_input`), so the trainer's numbers are the sample CLI's."""
     if models.image_encoder is None:
         return inputs
-    from humandiff.models.clip_preprocess import preprocess
-    size = models.image_encoder.config.image_size
-    return dict(inputs, clip_image=np.asarray(preprocess(inputs["ref_image"], size=size), np.float32))
+    return dict(inputs, clip_image=np.asarray(models.clip_input(media.to_uint8(inputs["ref_image"])), np.float32))
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
