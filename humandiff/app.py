@@ -4,11 +4,12 @@
     python -m humandiff.app --checkpoint CKPT [--port 7860] [--host 127.0.0.1] [--out DIR]
 
 CKPT is what `humandiff.sample` takes (a training workdir or an export folder); it is loaded once, at start-up.
-Every request runs the sampler CLI's own library calls (`sample.prepare_inputs`, `sample.animate`,
+Every request runs the sampler CLI's own library calls (`sample.model_inputs`, `sample.animate`,
 `sample.write_outputs`): for the same inputs, settings and seed, the demo's video is the CLI's. The defaults of
-steps, guidance and sampler are the model's own (`sample.resolve_settings`, as the CLI's). Each request writes a CLI-style output folder under --out (default: a temporary folder). Bad input
-shows the CLI's one-line message, never a traceback. The bundled dances are generated at start-up by
-`humandiff.data.synthetic` (nothing is downloaded); their first frames are offered as example references.
+steps, guidance and sampler are the model's own (`sample.resolve_settings`, as the CLI's). Each request writes a
+CLI-style output folder under --out (default: a temporary folder). Bad input shows the CLI's one-line message,
+never a traceback. The bundled dances are generated at start-up by `humandiff.data.synthetic` (nothing is
+downloaded); their first frames are offered as example references.
 """
 
 from __future__ import annotations
@@ -88,15 +89,12 @@ def sample_args(checkpoint: str, reference: str, poses: str, out: str, *, ref_po
 
 def generate(loaded, args: argparse.Namespace, *, steps: int, guidance: float, sampler: str, seed: int,
              on_step: Callable[[int], None] | None = None) -> tuple[dict, dict]:
-    """One request: the CLI's `prepare_inputs` -> `animate` -> `write_outputs`; returns `(paths, metadata)`.
+    """One request: the CLI's `model_inputs` -> `animate` -> `write_outputs`; returns `(paths, metadata)`.
 
     Raises:
       The CLI's expected errors (`cli.EXPECTED`) for input a person can fix.
     """
-    native = media.load_image(args.reference, None, "reference image").shape[:2]
-    size, _ = sample.input_size(loaded, media.parse_size(args.size) if args.size else None, native)
-    inputs, images = sample.prepare(args, False, size)
-    sample.check_inputs(loaded, inputs)
+    inputs, images, _, _ = sample.model_inputs(loaded, args)
     frames, metadata = sample.animate(loaded, inputs, images["reference"], steps=steps, guidance=guidance,
                                       sampler=sampler, seed=seed, eta=args.eta, window=args.window,
                                       overlap=args.overlap, ref_timestep=args.ref_timestep, on_step=on_step)

@@ -392,6 +392,33 @@ def prepare(args: argparse.Namespace, tryon: bool, size) -> tuple[dict, dict]:
                           keypoints_size=args.keypoints_size, fps=args.fps)
 
 
+def _native_size(args: argparse.Namespace, tryon: bool) -> tuple[int, int]:
+    """(height, width) of the reference image (try-on: the person) as the file has it."""
+    return media.load_image(args.person if tryon else args.reference, None,
+                            "person image" if tryon else "reference image").shape[:2]
+
+
+def model_inputs(loaded, args: argparse.Namespace, tryon: bool = False, *, native: tuple[int, int] | None = None,
+                 read: tuple | None = None) -> tuple[dict, dict, tuple[int, int], str]:
+    """The inputs of the CLI's flags `args` at the size the model samples (`input_size`: --size, else the model's
+    resolution, else the reference's own), checked against the model (`check_inputs`): the CLI's and the web
+    demo's one path from files to `animate`.
+
+    Args:
+      native: the reference's own size, when already read.
+      read: `(size, inputs, images)` prepared earlier (the CLI validates its files before loading the weights),
+        reused when `size` is the one the model samples.
+
+    Returns:
+      `(inputs, images, size, where the size came from)`.
+    """
+    flag_size = media.parse_size(args.size) if args.size else None
+    size, size_from = input_size(loaded, flag_size, native or _native_size(args, tryon))
+    inputs, images = read[1:] if read is not None and tuple(read[0]) == tuple(size) else prepare(args, tryon, size)
+    check_inputs(loaded, inputs)
+    return inputs, images, size, size_from
+
+
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
@@ -402,19 +429,14 @@ def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     # The cheap inputs are validated before the weights load, at --size or near the image's own size; they are
     # read again at the model's resolution when that differs.
-    flag_size = media.parse_size(args.size) if args.size else None
-    native = media.load_image(args.person if tryon else args.reference, None,
-                              "person image" if tryon else "reference image").shape[:2]
-    first = flag_size or (max(8, native[0] // 8 * 8), max(8, native[1] // 8 * 8))
-    inputs, images = prepare(args, tryon, first)
+    native = _native_size(args, tryon)
+    first = media.parse_size(args.size) if args.size else (max(8, native[0] // 8 * 8), max(8, native[1] // 8 * 8))
+    read = (first, *prepare(args, tryon, first))
     loaded = load(args.checkpoint, pose_encoder=args.pose_encoder, allow_pickle=args.allow_pickle)
-    size, size_from = input_size(loaded, flag_size, native)
-    if size != first:
-        inputs, images = prepare(args, tryon, size)
+    inputs, images, size, size_from = model_inputs(loaded, args, tryon, native=native, read=read)
     t_load = time.perf_counter() - t0
     given = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler,
              "ref_timestep": args.ref_timestep}
-    check_inputs(loaded, inputs)
     steps = resolve_settings(loaded, **given)["steps"]["value"]
     n = inputs["poses"].shape[1]
     print(f"compiling the sampler for {n} frame(s) of {size[0]}x{size[1]}, then {steps} steps", file=sys.stderr)
