@@ -16,7 +16,9 @@ identities (never trained on), a built dataset's test split, VITON-HD's `test_pa
   every target; not for try-on, where the reference is the garment). Try-on PSNRs count only the pixels inside
   the try-on mask (outside it the person is kept). With two or more examples, `se_vs_*` is the standard error
   (over examples) of the per-example PSNR gain over each baseline: examples differ a lot, so a gain should be
-  read against it. Writes `<workdir>/evals/<name>/step_<n>.{png,mp4,json}` (reference | pose | sample | truth).
+  read against it. `ssim_scd` (scikit-image SSIM of the uint8 frames) and `l1_scd` (mean |sample - truth| on
+  [0, 1]) score the same samples (not for try-on); the JSON also lists each example's values (`per_video`).
+  Writes `<workdir>/evals/<name>/step_<n>.{png,mp4,json}` (reference | pose | sample | truth).
 - `loss`: the training loss (`step.compute_loss`) on `num_batches` held-out batches of `batch_size` examples (a
   split smaller than that is repeated, with other frames), with fixed draws (timesteps, noise) from `seed`, no
   condition dropout and no flips; writes `step_<n>.json`.
@@ -164,7 +166,13 @@ class HeldOut:
         if len(truth) > 1:
             for k in [k for k in scores if k != "scd"]:
                 metrics[f"se_vs_{k}"] = float(np.std(scores["scd"] - scores[k], ddof=1) / np.sqrt(len(truth)))
-        return metrics, {"inputs": inputs, "sample": with_ref, "no_ref": no_ref, "truth": truth}
+        per_video = {"psnr_scd": scores["scd"]}
+        if mask is None:  # SSIM and L1 over whole frames (a try-on frame is mostly the kept person)
+            per_video["ssim_scd"] = np.mean(image.ssim(media.to_uint8(with_ref), media.to_uint8(truth)), axis=1)
+            per_video["l1_scd"] = np.mean(np.abs(np.clip(with_ref, -1, 1) - truth), axis=(1, 2, 3, 4)) / 2.0
+            metrics.update(ssim_scd=float(np.mean(per_video["ssim_scd"])), l1_scd=float(np.mean(per_video["l1_scd"])))
+        return metrics, {"inputs": inputs, "sample": with_ref, "no_ref": no_ref, "truth": truth,
+                         "per_video": per_video}
 
     def write(self, metrics: dict, arrays: dict, step: int, out_dir: str, writer=None) -> None:
         """`step_<n>.{png,mp4,json}` under `out_dir` (reference | pose | sample | truth per frame) and TensorBoard."""
@@ -179,8 +187,9 @@ class HeldOut:
         _, h, w, _ = frames.shape  # H.264 needs even sides
         media.write_mp4(os.path.join(out_dir, f"step_{step:07d}.mp4"),
                         np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))), fps=8.0)
+        per_video = {k: [float(x) for x in v] for k, v in arrays["per_video"].items()}
         _write_json(os.path.join(out_dir, f"step_{step:07d}.json"), dict(metrics, step=step, num_videos=b,
-                                                                         num_frames=f))
+                                                                         num_frames=f, per_video=per_video))
         if writer is not None:
             writer.image(step, f"{self.name}/ref_pose_sample_truth", frames[0])
 

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from skimage.metrics import structural_similarity
 
 from data_pipelines import build, fake_layouts
 from humandiff import config_lib
@@ -130,11 +131,26 @@ def test_run_writes_media_metrics_and_events(tmp_path):
     copy = np.broadcast_to(inputs["ref_image"][:, None], truth.shape)
     assert metrics["psnr_copy_ref"] == pytest.approx(evals.psnr(copy, truth))
     assert all(np.isfinite(v) for v in metrics.values()) and set(metrics) == {
-        "psnr_scd", "psnr_no_ref", "psnr_copy_ref", "se_vs_copy_ref", "se_vs_no_ref"}
+        "psnr_scd", "psnr_no_ref", "psnr_copy_ref", "se_vs_copy_ref", "se_vs_no_ref", "ssim_scd", "l1_scd"}
     stem = tmp_path / "evals" / "heldout" / "step_0000007"
     with open(f"{stem}.json") as fh:
-        assert json.load(fh) == dict(metrics, step=7, num_videos=2, num_frames=2)
+        record = json.load(fh)
+    per_video = record.pop("per_video")
+    assert record == dict(metrics, step=7, num_videos=2, num_frames=2)
+    # SSIM and L1 of the same samples, recomputed from the PNG's sample and truth columns (uint8) with scikit-image
+    # and numpy: SSIM agrees to 1e-6 (the evaluator scores the same uint8 frames), L1 to the uint8 rounding.
     h, w = config.data.resolution
+    grid = np.asarray(Image.open(f"{stem}.png").convert("RGB"))
+    cells = grid.reshape(2, h, 2, 4, w, 3).transpose(2, 0, 3, 1, 4, 5)  # [frame, video, column, H, W, 3]
+    sample, true = cells[:, :, 2], cells[:, :, 3]
+    for i in range(2):
+        ssim = np.mean([structural_similarity(sample[f, i], true[f, i], channel_axis=-1, data_range=255)
+                        for f in range(2)])
+        assert per_video["ssim_scd"][i] == pytest.approx(ssim, abs=1e-6)
+        l1 = np.mean(np.abs(sample[:, i].astype(float) - true[:, i])) / 255
+        assert per_video["l1_scd"][i] == pytest.approx(l1, abs=2.5e-3)
+        assert per_video["psnr_scd"][i] == pytest.approx(evals.psnr(sample[:, i] / 127.5 - 1, truth[i]), abs=0.1)
+    assert metrics["ssim_scd"] == pytest.approx(np.mean(per_video["ssim_scd"]))
     # Frames side by side; per frame the videos stacked, each row reference | pose | sample | truth.
     assert Image.open(f"{stem}.png").size == (2 * 4 * w, 2 * h)
     assert os.path.getsize(f"{stem}.mp4") > 0
