@@ -20,6 +20,9 @@ def base(interaction: str, use_ref_pose: bool, form: str) -> ml_collections.Conf
     c.model.unet_extra = ml_collections.ConfigDict()  # extra UNet constructor fields (video: motion modules)
     c.model.interaction = interaction  # causal (SCD) | full (ablation: reference also sees the target)
     c.model.use_ref_pose = use_ref_pose  # add pose features of the reference pose to the reference pass
+    # shared (SCD: one UNet runs the reference and the target pass) | separate (ablation: the reference pass runs
+    # its own copy of the UNet, initialised alike and trained jointly: a ReferenceNet, twice the UNet parameters)
+    c.model.reference_net = "shared"
     c.model.pose_injection = "conv_in"  # conv_in (added after conv_in) | input (added to the noisy input)
     c.model.attention_impl = "auto"  # attention kernel: auto | xla | cudnn | splash | interpret
     c.model.attention_query_chunk = 1024  # XLA attention: queries per chunk in layers with more (0 = all at once)

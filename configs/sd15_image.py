@@ -56,7 +56,7 @@ def get_config(arg=None):
     c.optim.warmup_steps = 500  # linear warmup steps
     c.optim.schedule = "constant"  # then the peak, held (the demo's wsd decay is for its short from-scratch run)
     c.optim.ema_decay = 0.9999  # EMA of trainable parameters
-    c.optim.trainable = (r"^(unet|pose_encoder)/",)  # UNet and pose encoder are trained
+    c.optim.trainable = (r"^(unet|reference_unet|pose_encoder)/",)  # UNet(s) and pose encoder are trained
     c.optim.frozen = (r"^vae/", r"^image_encoder/")  # VAE and CLIP stay frozen (loaded, never saved)
 
     c.data.source = "tfds"  # ArrayRecord datasets written by data_pipelines.build

@@ -28,6 +28,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 SAMPLERS = ("ddim", "dpmsolver++", "euler")  # the one spelling of each sampler (configs, CLI, metadata)
 SAMPLER_ALIASES = {"dpm++": "dpmsolver++", "dpm": "dpmsolver++", "dpmpp": "dpmsolver++"}  # accepted, never written
 TRAINING_FORMS = ("two_pass", "joint")
+REFERENCE_NETS = ("shared", "separate")
 POSE_INJECTIONS = ("conv_in", "input")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 NAN_POLICIES = ("skip", "stop")
@@ -45,7 +46,8 @@ TASKS = ("image", "video", "tryon")
 EVAL_FIELDS = {"heldout": ("every", "split", "num_videos", "num_frames", "seed"),
                "loss": ("every", "split", "num_batches", "seed")}
 # (key, allowed values) of every enumerated config field, checked in this order by `validate`.
-CHOICES = (("task", TASKS), ("model.interaction", INTERACTIONS), ("model.pose_injection", POSE_INJECTIONS),
+CHOICES = (("task", TASKS), ("model.interaction", INTERACTIONS), ("model.reference_net", REFERENCE_NETS),
+           ("model.pose_injection", POSE_INJECTIONS),
            ("model.attention_impl", ATTENTION_IMPLS), ("diffusion.prediction_type", PREDICTION_TYPES),
            ("diffusion.beta_schedule", BETA_SCHEDULES), ("train.form", TRAINING_FORMS),
            ("train.compute_dtype", COMPUTE_DTYPES), ("train.nan_policy", NAN_POLICIES), ("sample.sampler", SAMPLERS),

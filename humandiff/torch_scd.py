@@ -258,6 +258,7 @@ class Pipeline:
     image_encoder: Any = None
     settings: dict = dataclasses.field(default_factory=dict)
     video_unet: SCDUNet | None = None  # UNetMotionModel sharing `unet`'s cache (video models)
+    reference_unet: SCDUNet | None = None  # the reference pass's own UNet sharing the cache (separate reference net)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -265,7 +266,7 @@ class Pipeline:
 
 
 def load_pipeline(folder: str, torch_dtype: torch.dtype | None = None, device: str = "cpu") -> Pipeline:
-    """Loads an exported folder (unet/, scheduler/, pose_encoder/, optional vae/ and image_encoder/).
+    """Loads an exported folder (unet/, scheduler/, pose_encoder/, optional reference_unet/, vae/, image_encoder/).
 
     Args:
       folder: output of `python -m humandiff.export`.
@@ -299,7 +300,12 @@ def load_pipeline(folder: str, torch_dtype: torch.dtype | None = None, device: s
         adapter = MotionAdapter.from_pretrained(os.path.join(folder, "motion_adapter"), torch_dtype=torch_dtype)
         motion = UNetMotionModel.from_unet2d(unet, adapter).to(device=device, dtype=unet.dtype).eval()
         video = SCDUNet(motion, scd.pose_injection, state=scd.state)
-    return Pipeline(scd, scheduler, pose, vae, image_encoder, settings, video)
+    reference = None
+    if os.path.isdir(os.path.join(folder, "reference_unet")):  # written for model.reference_net="separate"
+        ref_unet = UNet2DConditionModel.from_pretrained(os.path.join(folder, "reference_unet"),
+                                                        torch_dtype=torch_dtype).to(device)
+        reference = SCDUNet(ref_unet.eval(), scd.pose_injection, state=scd.state)
+    return Pipeline(scd, scheduler, pose, vae, image_encoder, settings, video, reference)
 
 
 def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:
@@ -445,8 +451,9 @@ def animate(pipe: Pipeline, ref_image: torch.Tensor, poses: torch.Tensor | None 
     # but not the embedding (then its K/V depend on the context).
     nr = 2 if cfg and uncond_drop_embed and not uncond_drop_ref else 1
     rep = lambda x: None if x is None else x.repeat_interleave(nr, 0).to(dt)  # noqa: E731
-    unet(rep(z_ref), torch.full((b * nr,), float(ref_timestep)), branch_embed[:, :nr].flatten(0, 1).to(dt),
-         pose_features=rep(ref_feats), scd_mode="write")
+    reference_unet = pipe.reference_unet or unet  # a separate reference UNet fills the same cache
+    reference_unet(rep(z_ref), torch.full((b * nr,), float(ref_timestep)), branch_embed[:, :nr].flatten(0, 1).to(dt),
+                   pose_features=rep(ref_feats), scd_mode="write")
 
     ctx, pose, ref_keep = _target_inputs(branch_embed, tgt_pose, frames, cfg, uncond_drop_ref, uncond_drop_pose)
     ctx, pose = ctx.to(dt), None if pose is None else pose.to(dt)

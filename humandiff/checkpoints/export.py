@@ -7,6 +7,7 @@ the config file passed explicitly). `read_checkpoint` puts the full parameter tr
 `write_export` writes:
 
     OUT/unet/              config.json + diffusion_pytorch_model.safetensors   (diffusers UNet2DConditionModel)
+    OUT/reference_unet/    the same layout: the reference pass's own UNet  (model.reference_net="separate" only)
     OUT/pose_encoder/      config.json + diffusion_pytorch_model.safetensors   (humandiff.torch_scd.PoseEncoder)
     OUT/motion_adapter/    diffusers MotionAdapter layout                      (video models only)
     OUT/motion_module.safetensors  original AnimateDiff key layout             (video models only)
@@ -50,7 +51,8 @@ class Trained:
     Attributes:
       config: the training config (ConfigDict).
       models: `humandiff.models.scd.Models` built from it.
-      params: full parameter tree `{"unet", "pose_encoder", "vae"?, "image_encoder"?}` (host arrays).
+      params: full parameter tree `{"unet", "pose_encoder", "reference_unet"?, "vae"?, "image_encoder"?}` (host
+        arrays).
       step: checkpoint step.
       ema: whether `params` holds the EMA weights of the trainable part.
       workdir: training working directory.
@@ -317,6 +319,7 @@ def settings(trained: Trained, dtype: str) -> dict:
     return {
         "step": trained.step, "ema": trained.ema, "dtype": dtype, "task": c.get("task", "image"),
         "interaction": c.model.interaction, "pose_injection": c.model.pose_injection,
+        "reference_net": "separate" if "reference_unet" in trained.params else "shared",
         "use_ref_pose": bool(c.model.use_ref_pose), "ref_timestep": int(c.diffusion.ref_timestep),
         "prediction_type": c.diffusion.prediction_type, "resolution": list(c.data.resolution),
         **{k: cast(sample[k]) for k, cast in casts.items() if k in sample},
@@ -328,7 +331,8 @@ def settings(trained: Trained, dtype: str) -> dict:
 
 def model_index(trained: Trained, dtype: str, components: list[str]) -> dict:
     """model_index.json: component -> (library, class), plus the "humandiff" settings and training config."""
-    classes = {"unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"],
+    classes = {"unet": ["diffusers", "UNet2DConditionModel"], "reference_unet": ["diffusers", "UNet2DConditionModel"],
+               "scheduler": ["diffusers", "DDIMScheduler"],
                "pose_encoder": ["humandiff", "PoseEncoder"], "vae": ["diffusers", "AutoencoderKL"],
                "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
                "motion_adapter": ["diffusers", "MotionAdapter"]}
@@ -395,6 +399,9 @@ def write_export(trained: Trained, out: str, *, dtype: str = "fp32", overwrite: 
     try:
         write_unet(os.path.join(stage, "unet"), models.unet, params["unet"], dtype)
         components = ["unet", "scheduler", "pose_encoder"]
+        if "reference_unet" in params:
+            write_unet(os.path.join(stage, "reference_unet"), models.unet, params["reference_unet"], dtype)
+            components.insert(1, "reference_unet")
         _write_json(os.path.join(stage, "scheduler", "scheduler_config.json"), scheduler_config(trained.config))
         write_pose_encoder(os.path.join(stage, "pose_encoder"), models.pose_encoder, params["pose_encoder"], dtype,
                            m.pose_injection)

@@ -5,6 +5,7 @@ from its config, training schedule; nothing is written) or a diffusers-layout fo
 writes):
 
     CKPT/unet/            config.json + diffusion_pytorch_model.safetensors   (required)
+    CKPT/reference_unet/  the same layout: a separate reference UNet          (optional: the reference pass runs it)
     CKPT/motion_adapter/  diffusers MotionAdapter (video stage)               (optional: image model without it)
     CKPT/vae/             AutoencoderKL                                     (optional: pixel space without it)
     CKPT/image_encoder/   transformers CLIPVisionModelWithProjection         (optional: zero context without it)
@@ -179,6 +180,11 @@ def load_checkpoint(path: str, *, pose_encoder: str | None = None, allow_pickle:
         sources["motion_adapter"] = unet_overrides["motion_adapter"] = os.path.join(path, "motion_adapter")
     unet, unet_params = load_unet(unet_dir, allow_pickle=allow_pickle, **unet_overrides)
     params = {"unet": unet_params}
+    reference_dir = os.path.join(path, "reference_unet")
+    if os.path.isdir(reference_dir):  # model.reference_net="separate": the reference pass's own UNet
+        sources["reference_unet"] = reference_dir
+        overrides = {k: v for k, v in unet_overrides.items() if k != "motion_adapter"}
+        _, params["reference_unet"] = load_unet(reference_dir, allow_pickle=allow_pickle, **overrides)
     vae = image_encoder = pose = None
     if os.path.isdir(os.path.join(path, "vae")):
         sources["vae"] = os.path.join(path, "vae")

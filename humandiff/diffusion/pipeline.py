@@ -5,7 +5,7 @@
 
 - The reference image is encoded (`Models.encode`: the VAE posterior mean, else pixel space) and embedded (CLIP
   image encoder when present, else a zero 1-token context), and the UNet runs on it ONCE (`scd.reference_pass`,
-  timestep `ref_timestep`) to fill the reference K/V cache.
+  timestep `ref_timestep`; a model with a separate reference UNet runs that one) to fill the reference K/V cache.
 - Every denoising step and every frame/window reads that cache (`scd.target_pass`). The target batch is laid out
   `[B, branch, frames]` so that entry i reads cache entry i // m (the attention broadcasts, no copy).
 - Classifier-free guidance: the unconditional branch drops what `SamplingConfig.uncond_*` says (reference K/V via
@@ -135,7 +135,7 @@ def _reference_cache(models: Models, params: dict, cfg: SamplingConfig, cond: Co
     rep = lambda x: None if x is None else jnp.repeat(x, nr, axis=0)  # noqa: E731  [B * nr], branch-minor
     ctx = _branch_embed(cfg, cond.embed)[:, :nr].reshape(b * nr, 1, -1)
     t_ref = jnp.full((b * nr,), cfg.ref_timestep, jnp.float32)
-    return scd.reference_pass(models.unet, params["unet"], rep(cond.z_ref), ctx, t_ref=t_ref,
+    return scd.reference_pass(models.unet, scd.reference_params(params), rep(cond.z_ref), ctx, t_ref=t_ref,
                               pose_features=rep(cond.ref_pose))
 
 
@@ -179,7 +179,7 @@ def _joint_call(models: Models, params: dict, cfg: SamplingConfig, cond: Conditi
     ref_pose = None if cond.ref_pose is None else rep(cond.ref_pose)
     _, out = scd.joint_pass(models.unet, params["unet"], rep(cond.z_ref), x, tt, ctx, t_ref=cfg.ref_timestep,
                             context_ref=ref_ctx, ref_pose_features=ref_pose, pose_features=pose,
-                            ref_keep=_keep_or_none(cfg, keep))
+                            ref_keep=_keep_or_none(cfg, keep), ref_params=params.get("reference_unet"))
     return out
 
 

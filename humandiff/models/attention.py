@@ -8,6 +8,9 @@ Every spatial self-attention (`attn1`) is an SCD attention. Its behaviour is cho
   target batch may be a multiple of the cache batch (frames, CFG branches) and is broadcast without a copy.
 - `"joint"`: the batch is `[ref entries (B) ; target entries (B)]`; attention runs over `[ref ; tgt]` tokens per
   pair with the block-causal mask (or full attention, per `interaction`).
+- `"streams"`: the joint form with a separate reference UNet. The UNet runs under `jax.vmap` over
+  `scd.STREAM_AXIS` (stream 0: the reference UNet on the reference entries; stream 1: the target UNet on the
+  targets); each self-attention gathers both streams' q/k/v, attends as `"joint"` does, and keeps its own half.
 Cross-attention (`attn2`) always runs per entry with plain XLA attention.
 """
 
@@ -22,7 +25,8 @@ import jax.numpy as jnp
 from humandiff.ops import attention as attn_ops
 
 Dtype = Any
-SCD_MODES = (None, "write", "read", "joint")
+SCD_MODES = (None, "write", "read", "joint", "streams")
+STREAM_AXIS = "scd_stream"  # vmap axis of the "streams" mode: stream 0 the reference UNet, 1 the target UNet
 
 
 def _split_heads(x: jax.Array, heads: int) -> jax.Array:
@@ -108,6 +112,13 @@ class Attention(nn.Module):
                                      ref_keep=joint_ref_keep(ref_keep, b), impl=self.attention_impl,
                                      config=self.attention_config)
             return jnp.concatenate([out[:, :length], out[:, length:]], axis=0)
+        if mode == "streams":  # under vmap over STREAM_AXIS: this stream's [B, L, H, D], the other's gathered
+            both = [jax.lax.all_gather(t, STREAM_AXIS) for t in (q, k, v)]  # [2, B, L, H, D]
+            length = q.shape[1]
+            out = attn_ops.attention(*(jnp.concatenate([t[0], t[1]], axis=1) for t in both), n_ref=length,
+                                     interaction=self.interaction, ref_keep=joint_ref_keep(ref_keep, q.shape[0]),
+                                     impl=self.attention_impl, config=self.attention_config)
+            return jax.lax.dynamic_slice_in_dim(out, jax.lax.axis_index(STREAM_AXIS) * length, length, axis=1)
         raise ValueError(f"unknown scd_mode {mode!r}; expected one of {SCD_MODES}")
 
 

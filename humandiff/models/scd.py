@@ -12,6 +12,11 @@ call these functions; the tests that prove the two forms equal call them too.
 - `joint_pass`: `[ref ; tgt]` as one batch with `scd_mode="joint"` (block-causal or full attention, per the UNet's
   `interaction`), returning both halves.
 
+With `model.reference_net="separate"` (the ReferenceNet ablation) the reference pass runs its own copy of the UNet,
+`params["reference_unet"]` (`reference_params` picks it); the joint form then runs the two UNets side by side as
+two "streams" of one `jax.vmap` whose self-attentions gather each other's tokens, so it still equals the two-pass
+form.
+
 Under `interaction="causal"` the two forms are equal (outputs and gradients). Under `"full"` the reference sees the
 target, so no cache can stand for it: `reference_pass` refuses such a UNet and only the joint form runs.
 
@@ -22,11 +27,14 @@ reference pass gets the reference pose's features (`model.use_ref_pose`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from humandiff.models.attention import STREAM_AXIS  # joint_pass's vmap axis with a separate reference UNet
 
 PyTree = Any
 
@@ -120,6 +128,12 @@ class Models:
         return self.pose_encoder.apply({"params": params["pose_encoder"]}, poses)
 
 
+def reference_params(params: PyTree) -> PyTree:
+    """The UNet parameters of the reference pass: `params["reference_unet"]` when the model has its own reference
+    UNet (`model.reference_net="separate"`), else the shared `params["unet"]`."""
+    return params["reference_unet"] if "reference_unet" in params else params["unet"]
+
+
 def reference_pass(unet: Any, params: PyTree, z_ref: jax.Array, context: jax.Array, *,
                    t_ref: jax.Array | float = 0.0, pose_features: jax.Array | None = None) -> PyTree:
     """Runs the reference pass and returns the K/V cache.
@@ -168,11 +182,13 @@ def target_pass(unet: Any, params: PyTree, cache: PyTree, z_tgt: jax.Array, t: j
 def joint_pass(unet: Any, params: PyTree, z_ref: jax.Array, z_tgt: jax.Array, t: jax.Array | float,
                context: jax.Array, *, t_ref: jax.Array | float = 0.0, context_ref: jax.Array | None = None,
                ref_pose_features: jax.Array | None = None, pose_features: jax.Array | None = None,
-               ref_keep: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+               ref_keep: jax.Array | None = None,
+               ref_params: PyTree | None = None) -> tuple[jax.Array, jax.Array]:
     """Single pass over `[ref ; tgt]` (B pairs); returns `(out_ref, out_tgt)`, each `[B, h, w, C]`.
 
     Args:
       unet, params: the UNet (its `interaction` picks block-causal or full attention) and params.
+      ref_params: the reference half's own UNet parameters (a separate reference UNet), or None (shared).
       z_ref, z_tgt: `[B, h, w, C]` each.
       t: target timestep(s) (scalar or `[B]`); t_ref: reference timestep(s).
       context: target context `[B, S, D]`; context_ref: reference context (default: `context`).
@@ -191,9 +207,25 @@ def joint_pass(unet: Any, params: PyTree, z_ref: jax.Array, z_tgt: jax.Array, t:
         like = pose_features if pose_features is not None else ref_pose_features
         zero = lambda f: jnp.zeros_like(like) if f is None else f  # noqa: E731
         feats = jnp.concatenate([zero(ref_pose_features), zero(pose_features)])
+    if ref_params is not None:  # two UNets in step: stream 0 the reference, stream 1 the target
+        halves = lambda x: None if x is None else x.reshape((2, b) + x.shape[1:])  # noqa: E731
+        both = jax.tree.map(lambda r, p: jnp.stack([r, p]), _fill(ref_params, params), params)
+        one = lambda p, z, tt, c, f: unet.apply({"params": p}, z, tt, c, pose_features=f,  # noqa: E731
+                                                scd_mode="streams", ref_keep=ref_keep)
+        out = jax.vmap(one, axis_name=STREAM_AXIS)(both, jnp.stack([z_ref, z_tgt]), halves(timesteps), halves(ctx),
+                                                   halves(feats))
+        return out[0], out[1]
     out = unet.apply({"params": params}, jnp.concatenate([z_ref, z_tgt]), timesteps, ctx, pose_features=feats,
                      scd_mode="joint", ref_keep=ref_keep)
     return out[:b], out[b:]
+
+
+def _fill(tree: PyTree, like: PyTree) -> PyTree:
+    """`tree` with the entries it lacks taken from `like` (a reference UNet has no motion modules; its stream runs
+    none, so they only fill the stacked tree)."""
+    if not isinstance(like, Mapping):
+        return tree
+    return {k: _fill(tree[k], v) if k in tree else v for k, v in like.items()}
 
 
 def empty_cache(cache: PyTree) -> PyTree:

@@ -2,7 +2,8 @@
 
 Plain call, as diffusers: `module.apply({"params": p}, sample, timesteps, encoder_hidden_states)` -> noise
 prediction `[N, h, w, out_channels]`. SCD keywords: `pose_features` (added at `pose_injection`), `scd_mode`
-(None | "write" | "read" | "joint", see `humandiff.models.attention`), `ref_keep` (bool `[N]`), `num_frames`.
+(None | "write" | "read" | "joint" | "streams", see `humandiff.models.attention`), `ref_keep` (bool `[N]`),
+`num_frames`.
 
 diffusers' naming bug: in SD-1.5 configs `attention_head_dim` holds the number of HEADS per level (8), and
 `num_attention_heads` must stay unset; we follow diffusers and read it the same way.
@@ -192,7 +193,7 @@ class UNet2DConditionModel(nn.Module):
           encoder_hidden_states: cross-attention context `[N, S, cross_attention_dim]`.
           pose_features: optional `[N, h, w, C]` added at the injection point (C = 320-like after conv_in, or
             in_channels at the input).
-          scd_mode: None | "write" | "read" | "joint".
+          scd_mode: None | "write" | "read" | "joint" | "streams".
           ref_keep: optional bool `[N]` (joint: `[N/2]` also accepted); False drops the reference per entry.
           num_frames: frames per video in the batch (`N = B * num_frames`); spatial layers treat frames as batch.
 
@@ -205,7 +206,7 @@ class UNet2DConditionModel(nn.Module):
         n_levels = len(self.down_block_types)
         if sample.shape[0] % num_frames:
             raise ValueError(f"batch {sample.shape[0]} is not a multiple of num_frames={num_frames}")
-        if scd_mode == "joint" and num_frames > 1:
+        if scd_mode in ("joint", "streams") and num_frames > 1:
             raise ValueError(f"scd_mode='joint' pairs one reference with one target entry; for num_frames={num_frames}"
                              " use the two-pass form (scd_mode='write' then 'read'), whose cache serves every frame")
         layers = _per_level(self.layers_per_block, n_levels, "layers_per_block")

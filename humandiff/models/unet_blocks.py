@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from humandiff.models.attention import Transformer2DModel
+from humandiff.models.attention import STREAM_AXIS, Transformer2DModel
 from humandiff.models.layers import Downsample2D, ResnetBlock2D, Upsample2D
 from humandiff.models.temporal import MotionOptions, TemporalTransformer
 
@@ -75,6 +75,8 @@ def _motion(opts: BlockOptions, motion: MotionOptions | None, x: jax.Array, name
     if opts.scd_mode == "joint":  # [ref ; tgt]: the reference is an image, as in the two-pass form's "write" pass
         half = x.shape[0] // 2
         return jnp.concatenate([x[:half], module(x[half:])])
+    if opts.scd_mode == "streams":  # the same, per stream: the reference stream (0) skips its motion modules
+        return jnp.where(jax.lax.axis_index(STREAM_AXIS) == 0, x, module(x))
     return module(x)
 
 

@@ -1,11 +1,14 @@
 """The module bundle (`humandiff.models.scd.Models`) a run's config describes, and its parameter initialisation.
 
-Parameters live in one nested dict `{"unet", "pose_encoder", "vae"?, "image_encoder"?}` whose paths are what the
-trainable/frozen regexes and the sharding rules see ("unet/down_blocks_0/resnets_0/conv1/kernel").
+Parameters live in one nested dict `{"unet", "pose_encoder", "reference_unet"?, "vae"?, "image_encoder"?}` whose
+paths are what the trainable/frozen regexes and the sharding rules see ("unet/down_blocks_0/resnets_0/conv1/kernel").
+`reference_unet` exists with `model.reference_net="separate"`: the reference pass's own UNet, a copy of the UNet's
+spatial parameters at the start (the reference pass runs no motion modules).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -47,6 +50,8 @@ def build(config, *, vae: nn.Module | None = None,
     if m.unet_dir:
         from humandiff.weights.diffusers import load_unet
         unet, pretrained["unet"] = load_unet(m.unet_dir, motion_adapter=m.motion_modules_path or None, **scd)
+        if m.reference_net == "separate":  # the reference UNet starts from the same weights
+            pretrained["reference_unet"] = reference_init(pretrained["unet"])
     else:
         unet = UNet2DConditionModel(**_plain(m.unet), **scd)
     if vae is None and m.vae_dir:
@@ -65,6 +70,15 @@ def build(config, *, vae: nn.Module | None = None,
                          f"than pixels ({'VAE' if vae is not None else 'pixel space'}): use "
                          f"{int(np.log2(models.downscale)) + 1} stages")
     return models, pretrained
+
+
+def reference_init(unet_params: dict) -> dict:
+    """The separate reference UNet's starting parameters: the UNet's own, without motion modules (the reference
+    pass is one image and runs none). The same leaves (not copies): `jit` outputs and device puts copy them."""
+    def drop(tree):
+        return {k: drop(v) if isinstance(v, Mapping) else v for k, v in tree.items()
+                if not k.startswith("motion_modules_")}
+    return drop(unet_params)
 
 
 def _plain(cd) -> dict:
@@ -91,6 +105,8 @@ def init_params(models: Models, config, rng: jax.Array) -> dict[str, Any]:
         "unet": models.unet.init(k_unet, x["latent"], jnp.zeros((1,), jnp.int32), x["context"])["params"],
         "pose_encoder": models.pose_encoder.init(k_pose, x["pose"])["params"],
     }
+    if config.model.reference_net == "separate":
+        params["reference_unet"] = reference_init(params["unet"])
     if models.vae is not None:
         params["vae"] = models.vae.init(k_vae, x["image"], method=models.vae.encode)["params"]
     if models.image_encoder is not None:

@@ -59,7 +59,23 @@ def trainable_mask(tree: Any, trainable: tuple[str, ...], frozen: tuple[str, ...
                           f"of {sorted({p.split('/')[0] for p in idle})}, which get no gradient (they only encode "
                           "the inputs, under stop_gradient); freeze them: config.optim.frozen=('^vae/', "
                           "'^image_encoder/')")
+    _same_training(paths, jax.tree_util.tree_leaves(mask), trainable, frozen)
     return mask
+
+
+def _same_training(paths: list[str], trained: list[bool], trainable: tuple[str, ...], frozen: tuple[str, ...]) -> None:
+    """A separate reference UNet (`reference_unet/`) trains exactly where the UNet's spatial layers train, so the
+    ablation compares networks, not training recipes (e.g. `^unet/` alone would leave the reference UNet frozen)."""
+    if not any(p.startswith("reference_unet/") for p in paths):
+        return
+    on = lambda prefix: {p[len(prefix):] for p, t in zip(paths, trained)  # noqa: E731
+                         if t and p.startswith(prefix) and "/motion_modules_" not in p}
+    differ = sorted(on("unet/") ^ on("reference_unet/"))
+    if differ:
+        raise ConfigError(f"config.optim.trainable={trainable} with frozen={frozen} trains {differ[0]} (and "
+                          f"{len(differ) - 1} more) in only one of unet/ and reference_unet/: with "
+                          "model.reference_net='separate' both UNets train alike; e.g. trainable=('^(unet|"
+                          "reference_unet|pose_encoder)/',)")
 
 
 def split(tree: Mapping, mask: Mapping) -> tuple[dict, dict]:

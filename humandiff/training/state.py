@@ -42,13 +42,17 @@ def _overlay(params: dict, loaded: dict, source: str) -> dict:
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def _load_init_checkpoint(path: str) -> dict:
+def _load_init_checkpoint(path: str, reference_net: str) -> dict:
     """Parameters (EMA if kept) of an earlier stage: its workdir's latest checkpoint or an export folder, read by the
-    one trained-model reader (`checkpoints.loading.load_trained`), as host arrays."""
+    one trained-model reader (`checkpoints.loading.load_trained`), as host arrays. A separate reference UNet that
+    the earlier stage lacks starts from its UNet."""
     from humandiff.checkpoints import loading  # noqa: PLC0415
 
     try:
-        return loading.load_trained(path, ema=True).params
+        params = loading.load_trained(path, ema=True).params
+        if reference_net == "separate" and "reference_unet" not in params:
+            params = dict(params, reference_unet=modeling.reference_init(params["unet"]))
+        return params
     except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:  # incl. ExportError, WeightsError
         raise checkpoint.CheckpointError(f"config.model.init_checkpoint={path!r}: {e}") from e
 
@@ -98,7 +102,7 @@ def build_state(config, models, pretrained, mesh, ckpt, data_iter) -> tuple[Any,
         state["params"] = _overlay(state["params"], {name: tree}, name)
         frozen = _overlay(frozen, {name: tree}, name)
     if config.model.init_checkpoint:  # an earlier stage's parameters win over the pretrained folders
-        loaded = _load_init_checkpoint(config.model.init_checkpoint)
+        loaded = _load_init_checkpoint(config.model.init_checkpoint, config.model.reference_net)
         source = f"config.model.init_checkpoint={config.model.init_checkpoint!r}"
         state["params"] = _overlay(state["params"], loaded, source)
         frozen = _overlay(frozen, loaded, source)

@@ -8,7 +8,8 @@ One step:
 4. noise (with offset) and uniform timesteps; try-on noises only inside the garment mask;
 5. two-pass form: reference pass at `diffusion.ref_timestep` writing the K/V cache, then the target pass reading
    it (`ref_keep = ~drop_cond` hides the reference from dropped entries); joint form: one pass over
-   `[ref ; tgt]` entries with the block-causal (or full) mask. Gradients flow through the reference pass;
+   `[ref ; tgt]` entries with the block-causal (or full) mask. Gradients flow through the reference pass (into
+   its own UNet with `model.reference_net="separate"`);
 6. loss on the target only (eps or v, min-SNR-gamma, mask for try-on);
 7. AdamW update of the trainable tree, EMA; a non-finite loss or gradient leaves params, EMA and optimizer state
    unchanged (`finite=0` in the metrics; the loop stops under `train.nan_policy="stop"`), so a NaN never reaches
@@ -57,8 +58,10 @@ def predict_target(models: Models, config, params: Any, batch: dict, z_ref: jax.
 
     Args:
       models: the module bundle.
-      config: training config (`train.form`, `model.use_ref_pose`, `diffusion.ref_timestep`).
-      params: full parameter tree (trainable + frozen).
+      config: training config (`train.form`, `model.use_ref_pose`, `model.reference_net`,
+        `diffusion.ref_timestep`).
+      params: full parameter tree (trainable + frozen); with `model.reference_net="separate"` it holds the
+        reference pass's own UNet under "reference_unet".
       batch: the training batch (poses are read from it).
       z_ref: reference input latents `[B, h, w, C]` (already noised to `ref_timestep` when it is > 0).
       z_t: noisy target latents `[B*F, h, w, C]`.
@@ -69,6 +72,10 @@ def predict_target(models: Models, config, params: Any, batch: dict, z_ref: jax.
     Returns:
       `[B*F, h, w, C]` model output for the target entries.
     """
+    separate = config.model.reference_net == "separate"
+    if separate != ("reference_unet" in params):
+        raise ValueError(f"config.model.reference_net={config.model.reference_net!r} but the parameters "
+                         f"{'lack' if separate else 'have'} a reference_unet")
     b = z_ref.shape[0]
     frames = z_t.shape[0] // b
     video = batch["tgt_pose"].ndim == 5
@@ -77,10 +84,12 @@ def predict_target(models: Models, config, params: Any, batch: dict, z_ref: jax.
     t_ref = jnp.full((b,), config.diffusion.ref_timestep, jnp.int32)
     if config.train.form == "joint":
         _, out = scd.joint_pass(models.unet, params["unet"], z_ref, z_t, t, context, t_ref=t_ref,
-                                ref_pose_features=pose_ref, pose_features=pose_tgt, ref_keep=keep)
+                                ref_pose_features=pose_ref, pose_features=pose_tgt, ref_keep=keep,
+                                ref_params=params.get("reference_unet"))
         return out
     rep = lambda x: jnp.repeat(x, frames, axis=0)  # noqa: E731 - per-reference value for each of its frames
-    cache = scd.reference_pass(models.unet, params["unet"], z_ref, context, t_ref=t_ref, pose_features=pose_ref)
+    cache = scd.reference_pass(models.unet, scd.reference_params(params), z_ref, context, t_ref=t_ref,
+                               pose_features=pose_ref)
     return scd.target_pass(models.unet, params["unet"], cache, z_t, t, rep(context), pose_features=pose_tgt,
                            ref_keep=rep(keep), num_frames=frames)
 

@@ -56,12 +56,12 @@ def _init_checkpoint_reads_a_workdir_or_an_export(workdir, out, trained):
 
     want = io.flatten(trained.params)
     for path in (workdir, out):
-        got = io.flatten(state_lib._load_init_checkpoint(path))
+        got = io.flatten(state_lib._load_init_checkpoint(path, "shared"))
         assert set(got) == set(want), path
         for key, value in want.items():
             np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(value), err_msg=f"{path}: {key}")
     with pytest.raises(state_lib.checkpoint.CheckpointError, match="config.model.init_checkpoint="):
-        state_lib._load_init_checkpoint(out + "_missing")
+        state_lib._load_init_checkpoint(out + "_missing", "shared")
 
 
 def _held_out_check(workdir):
@@ -77,7 +77,7 @@ def _held_out_check(workdir):
     for name, values in result.items():
         with open(os.path.join(workdir, "evals", name, "step_0000002.json")) as fh:
             trainer = json.load(fh)
-        metrics = {k: v for k, v in trainer.items() if k not in ("step", "num_videos", "num_frames")}
+        metrics = {k: v for k, v in trainer.items() if k not in ("step", "num_videos", "num_frames", "per_video")}
         assert values["step"] == 2 and values["ema"]
         # Same data, seed and parameters on the same 8-device layout: equal within float32 rounding.
         assert {k: values[k] for k in metrics} == pytest.approx(metrics, rel=1e-6, abs=1e-6), name

@@ -59,6 +59,12 @@ def _rel(a, b):
     return float(jnp.abs(a - b).max() / jnp.abs(b).max())
 
 
+def _tree_rel(a, b):
+    """max |a - b| over every leaf of two gradient trees, over the largest |b|."""
+    errs = jax.tree_util.tree_map(lambda x, y: float(jnp.abs(x - y).max()), a, b)
+    return max(jax.tree_util.tree_leaves(errs)) / max(float(jnp.abs(x).max()) for x in jax.tree_util.tree_leaves(b))
+
+
 def test_two_pass_equals_joint_outputs_and_grads(setup):
     unet, pose_enc, params, _, pose_params, d = setup
     ref_keep = jnp.array([True, False])
@@ -72,10 +78,7 @@ def test_two_pass_equals_joint_outputs_and_grads(setup):
 
     (_, out2), g2 = loss(_two_pass)(params, pose_params)
     (_, out1), g1 = loss(_joint)(params, pose_params)
-    out_err = _rel(out2, out1)
-    errs = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), g2, g1)
-    scale = max(float(jnp.abs(x).max()) for x in jax.tree_util.tree_leaves(g1))
-    grad_err = max(jax.tree_util.tree_leaves(errs)) / scale
+    out_err, grad_err = _rel(out2, out1), _tree_rel(g2, g1)
     print(f"SCD two-pass vs joint: output rel err {out_err:.2e}, grad rel err (max over params) {grad_err:.2e}")
     assert out_err <= 1e-5
     assert grad_err <= 1e-5
@@ -149,3 +152,74 @@ def test_splash_interpret_path_matches_xla(setup):
         outs.append(jax.jit(run)(params))
     for a, b in zip(*outs):
         assert _rel(b, a) <= 1e-5
+
+
+def _perturbed(params, seed):
+    """Another UNet's parameters of the same shapes (the separate reference UNet after some training)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(lambda x: x + 0.05 * jnp.asarray(rng.standard_normal(x.shape, np.float32)), params)
+
+
+def _two_pass_separate(unet, pose_enc, ref_params, params, pose_params, d, ref_keep):
+    feats = lambda pose: pose_enc.apply({"params": pose_params}, pose)  # noqa: E731
+    cache = scd.reference_pass(unet, ref_params, d["z_ref"], d["ctx"], pose_features=feats(d["ref_pose"]))
+    return scd.target_pass(unet, params, cache, d["z_tgt"], d["t"], d["ctx"], pose_features=feats(d["tgt_pose"]),
+                           ref_keep=ref_keep)
+
+
+def _joint_separate(unet, pose_enc, ref_params, params, pose_params, d, ref_keep):
+    feats = lambda pose: pose_enc.apply({"params": pose_params}, pose)  # noqa: E731
+    return scd.joint_pass(unet, params, d["z_ref"], d["z_tgt"], d["t"], d["ctx"],
+                          ref_pose_features=feats(d["ref_pose"]), pose_features=feats(d["tgt_pose"]),
+                          ref_keep=ref_keep, ref_params=ref_params)[1]
+
+
+def test_separate_reference_unet_two_pass_equals_joint_outputs_and_grads(setup):
+    """model.reference_net="separate": the reference pass runs its own UNet; the two forms still agree, and the
+    gradients reach both UNets (each through its own pass)."""
+    unet, pose_enc, params, _, pose_params, d = setup
+    ref_params = _perturbed(params, 7)
+    ref_keep = jnp.array([True, False])
+    weight = jnp.asarray(np.random.default_rng(1).standard_normal(d["z_tgt"].shape, np.float32))
+
+    def loss(fn):
+        def f(rp, p, pp):
+            out = fn(unet, pose_enc, rp, p, pp, d, ref_keep)
+            return jnp.sum(out * weight), out
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
+
+    (_, out2), g2 = loss(_two_pass_separate)(ref_params, params, pose_params)
+    (_, out1), g1 = loss(_joint_separate)(ref_params, params, pose_params)
+    out_err, grad_err = _rel(out2, out1), _tree_rel(g2, g1)
+    print(f"separate reference UNet, two-pass vs joint: output rel err {out_err:.2e}, grad rel err {grad_err:.2e}")
+    assert out_err <= 1e-5
+    assert grad_err <= 1e-5
+    # The reference UNet's gradient comes only through the cache: its last layer (conv_out) gets none, its
+    # self-attention keys do; the target UNet's conv_out does.
+    assert float(jnp.abs(g1[0]["conv_out"]["kernel"]).max()) == 0.0
+    key_grad = g1[0]["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]["attn1"]["to_k"]["kernel"]
+    assert float(jnp.abs(key_grad).max()) > 0
+    assert float(jnp.abs(g1[1]["conv_out"]["kernel"]).max()) > 0
+
+
+def test_separate_reference_pass_reads_its_own_parameters(setup):
+    unet, pose_enc, params, _, pose_params, d = setup
+    keep = jnp.array([True, True])
+    run = jax.jit(lambda rp, p: _two_pass_separate(unet, pose_enc, rp, p, pose_params, d, keep))
+    shared = run(params, params)
+    own = run(_perturbed(params, 7), params)  # only the reference UNet differs
+    assert _rel(own, shared) > 1e-3
+    np.testing.assert_array_equal(shared, jax.jit(lambda p: _two_pass(unet, pose_enc, p, pose_params, d, keep))(params))
+    # The joint form with the same parameters in both streams is the shared joint pass.
+    joint = jax.jit(lambda rp, p: _joint_separate(unet, pose_enc, rp, p, pose_params, d, keep))(params, params)
+    assert _rel(joint, jax.jit(lambda p: _joint(unet, pose_enc, p, pose_params, d, keep))(params)) <= 1e-6
+
+
+@pytest.mark.parametrize("interaction,changes", [("causal", False), ("full", True)])
+def test_separate_reference_stream_sees_target_only_under_full(setup, interaction, changes):
+    _, _, params, _, _, d = setup
+    unet = UNet2DConditionModel(**TINY, interaction=interaction)
+    ref_params = _perturbed(params, 3)
+    run = jax.jit(lambda zt: scd.joint_pass(unet, params, d["z_ref"], zt, d["t"], d["ctx"], ref_params=ref_params)[0])
+    diff = float(jnp.abs(run(d["z_tgt"]) - run(d["z_tgt"] + 1.0)).max())
+    assert (diff > 1e-4) == changes, diff

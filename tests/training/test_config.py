@@ -60,6 +60,7 @@ def test_overrides_and_unknown_override():
 
 BAD = [
     ("model.interaction", "bidirectional", "model.interaction='bidirectional'"),
+    ("model.reference_net", "twin", "model.reference_net='twin'"),
     ("diffusion.prediction_type", "x0", "diffusion.prediction_type='x0'"),
     ("sample.sampler", "plms", "sample.sampler='plms'"),
     ("optim.schedule", "linear", "optim.schedule='linear'"),

@@ -49,7 +49,10 @@ def test_two_processes_match_one(tmp_path):
     with open(multi / "evals" / "heldout" / "step_0000004.json") as fh:
         two = json.load(fh)
     assert one["num_videos"] == two["num_videos"] == 4
+    per_one, per_two = one.pop("per_video"), two.pop("per_video")
     assert two == pytest.approx(one, abs=1e-3)
+    for key, values in per_one.items():  # per identity, in the same order
+        assert per_two[key] == pytest.approx(values, abs=1e-3), key
     # Every process reads the whole held-out batches: the loss does not depend on the process count.
     with open(single / "evals" / "loss" / "step_0000004.json") as fh:
         one = json.load(fh)

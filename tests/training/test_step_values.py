@@ -42,6 +42,8 @@ def _params(models, config, seed=0):
     if models.image_encoder is not None:
         size = models.image_encoder.config.image_size
         params["image_encoder"] = numpy_init(models.image_encoder, jnp.zeros((1, size, size, 3)), seed=seed + 3)
+    if config.model.reference_net == "separate":  # its own weights (not the UNet's), so reading them shows
+        params["reference_unet"] = numpy_init(models.unet, x["latent"], jnp.zeros((1,)), x["context"], seed=seed + 4)
     return params
 
 
@@ -80,6 +82,7 @@ def _expected_loss(models, config, params, batch, draws) -> float:
     d = config.diffusion
     acp = _alphas_cumprod(d)
     unet, p = models.unet, params["unet"]
+    p_ref = params.get("reference_unet", p)  # model.reference_net="separate": the reference pass's own UNet
     f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
     video = batch["tgt_image"].ndim == 5
     frames = batch["tgt_image"].shape[1] if video else 1
@@ -114,8 +117,8 @@ def _expected_loss(models, config, params, batch, draws) -> float:
     tgt_feats = pose(flat(batch["tgt_pose"]))
     ref_feats = pose(batch["ref_pose"]) if config.model.use_ref_pose else jnp.zeros_like(tgt_feats[:B])
     j = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    if config.train.form == "two_pass":
-        _, cache = unet.apply({"params": p}, j(z_ref), j(t_ref), j(ctx), pose_features=ref_feats, scd_mode="write",
+    if config.train.form == "two_pass" or "reference_unet" in params:  # the two forms agree (tests/models/test_scd)
+        _, cache = unet.apply({"params": p_ref}, j(z_ref), j(t_ref), j(ctx), pose_features=ref_feats, scd_mode="write",
                               mutable=["ref_kv"])
         out = unet.apply({"params": p, "ref_kv": cache["ref_kv"]}, j(z_t), j(t), j(np.repeat(ctx, frames, 0)),
                          pose_features=tgt_feats, scd_mode="read", ref_keep=jnp.asarray(np.repeat(keep, frames)),
@@ -145,6 +148,8 @@ def _latent_models(config):
 
 CASES = {
     "image_two_pass": ({}, 1),
+    "image_two_pass_separate_reference_unet": ({"model.reference_net": "separate"}, 1),
+    "image_joint_separate_reference_unet": ({"model.reference_net": "separate", "train.form": "joint"}, 1),
     "image_joint_ref_timestep_min_snr": ({"train.form": "joint", "diffusion.ref_timestep": 250,
                                           "diffusion.snr_gamma": 5.0}, 1),
     "video_two_pass": ({"task": "video", "data.num_frames": F, "model.unet_extra": ml_collections.ConfigDict(
@@ -293,3 +298,28 @@ def test_training_forms_are_two_programs_with_one_value():
         models, c, step.make_schedule(c), p, b, jax.random.key(3))[0]).lower(params, _batch()).as_text()
         for form in ("two_pass", "joint")}
     assert texts["two_pass"] != texts["joint"]
+
+
+def test_separate_reference_unet_is_what_the_step_trains():
+    """`model.reference_net="separate"`: the reference pass reads `reference_unet` (a copy of the UNet gives the
+    shared model's loss; other weights another loss), its gradient reaches the reference UNet's self-attention
+    K/V (through the cache) and not its output layer, and config and parameters must agree."""
+    shared_config, separate_config = _config(), _config(**{"model.reference_net": "separate"})
+    models = modeling.build(shared_config)[0]
+    params = _params(models, shared_config)
+    base, _, _ = _loss(shared_config, params=params, models=models)
+    copy, _, _ = _loss(separate_config, params=dict(params, reference_unet=params["unet"]), models=models)
+    assert copy == pytest.approx(base, rel=1e-6)
+    own = _params(models, separate_config)
+    other, _, _ = _loss(separate_config, params=own, models=models)
+    assert abs(other - base) > 1e-4 * base, (base, other)
+    grads = jax.jit(jax.grad(lambda p: step.compute_loss(models, separate_config, step.make_schedule(separate_config),
+                                                         p, _batch(), jax.random.key(3))[0]))(own)
+    attn = lambda tree: tree["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]["attn1"]  # noqa: E731
+    assert float(jnp.abs(attn(grads["reference_unet"])["to_k"]["kernel"]).max()) > 0
+    assert float(jnp.abs(grads["reference_unet"]["conv_out"]["kernel"]).max()) == 0.0
+    assert float(jnp.abs(grads["unet"]["conv_out"]["kernel"]).max()) > 0
+    with pytest.raises(ValueError, match="reference_net='separate' but the parameters lack a reference_unet"):
+        _loss(separate_config, params=params, models=models)
+    with pytest.raises(ValueError, match="reference_net='shared' but the parameters have a reference_unet"):
+        _loss(shared_config, params=own, models=models)
