@@ -40,6 +40,9 @@ class AttentionConfig:
       xla_query_chunk: the XLA path (and cuDNN's fallback to it) runs layers with more queries than this in chunks
         of this many queries, one after another, each rematerialised in the backward pass: scores held at once are
         `chunk x keys` per head (see `attention_xla`). 0 = all queries at once.
+      xla_key_block: the XLA path runs layers with more keys than this as blocked online-softmax attention over key
+        blocks of this many tokens (`attention_blocked`: no `queries x keys` scores, forward or backward). 0 = off
+        (`jax.nn.dot_product_attention`).
     """
 
     min_seq_len_tpu: int = 4096
@@ -61,13 +64,14 @@ class AttentionConfig:
     shard_head_axis: str | None = None
     mesh: Mesh | None = None
     xla_query_chunk: int = 1024
+    xla_key_block: int = 0
 
     def __post_init__(self):
         if self.splash_variant not in SPLASH_VARIANTS:
             raise ValueError(
                 f"AttentionConfig.splash_variant={self.splash_variant!r}; expected one of {SPLASH_VARIANTS}"
             )
-        for name in ("min_seq_len_tpu", "min_seq_len_gpu", "head_multiple", "xla_query_chunk"):
+        for name in ("min_seq_len_tpu", "min_seq_len_gpu", "head_multiple", "xla_query_chunk", "xla_key_block"):
             if getattr(self, name) < 0:
                 raise ValueError(f"AttentionConfig.{name}={getattr(self, name)} must be >= 0")
         for name, value in self.blocks().items():
