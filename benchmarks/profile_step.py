@@ -143,6 +143,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=2, help="traced steps")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="humandiff config override")
+    p.add_argument("--key_block", type=int, default=0, help="AttentionConfig.xla_key_block (0: off)")
     p.add_argument("--key", default="default")
     p.add_argument("--out", default=os.path.join(HERE, "results", "profile_step_cpu.json"))
     args = p.parse_args(argv)
@@ -155,6 +156,7 @@ def main(argv=None) -> int:
     from humandiff import config_lib
     from humandiff.training import runtime
 
+    peer.use_key_block(args.key_block)
     runtime.use_memory_scheduler_on_cpu()
     overrides = peer.humandiff_overrides(dict(peer._override(s) for s in args.set))
     config = config_lib.load(os.path.join(os.path.dirname(HERE), "configs", "demo.py"), overrides)
@@ -174,7 +176,8 @@ def main(argv=None) -> int:
             times = [bench._step(f) for _ in range(args.steps)]
         traced_wall = time.perf_counter() - t0
         events = trace_events(trace_dir)
-    result = {"overrides": args.set, "step_s": times, "traced_wall_s": traced_wall, "compile_s": f["compile_s"],
+    result = {"overrides": args.set, "key_block": args.key_block, "step_s": times, "traced_wall_s": traced_wall,
+              "compile_s": f["compile_s"],
               "flops_per_step": f["flops"], "xla_memory": bench._memory(f["compiled"]), "peak_rss_mb": rss,
               "profile": profile(hlo, events, args.steps), "machine": results_io.machine()}
     results_io.merge_into(args.out, args.key, result)

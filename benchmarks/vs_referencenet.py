@@ -57,8 +57,7 @@ def _torch_side(steps: int, warmup: int, threads: int) -> dict:
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))  # torch's default ignores a CPU affinity
 
     def unet():
         return UNet2DConditionModel(sample_size=LATENT, in_channels=CHANNELS, out_channels=CHANNELS,
@@ -192,7 +191,20 @@ def _channel_pad():
     return ChannelPad()
 
 
-def _humandiff_side(steps: int, warmup: int, overrides: dict) -> dict:
+def use_key_block(block: int) -> None:
+    """Makes the step's attention blocked over keys (`AttentionConfig.xla_key_block`) in this process.
+
+    The run config has no field for it (config_lib, configs and training/ are outside this change), so the
+    benchmark wraps the one function that builds the model's `AttentionConfig` from the config. 0: unchanged.
+    """
+    from humandiff.training import sharding
+
+    if block:
+        base = sharding.attention_config
+        sharding.attention_config = lambda config: base(config).replace(xla_key_block=block)
+
+
+def _humandiff_side(steps: int, warmup: int, overrides: dict, key_block: int) -> dict:
     """Builds (compiles) and times humandiff's train step; returns the row."""
     sys.path.insert(0, HERE)
     import jax
@@ -201,6 +213,7 @@ def _humandiff_side(steps: int, warmup: int, overrides: dict) -> dict:
     from humandiff.training import modeling, runtime
     import train_step as bench  # benchmarks/train_step.py
 
+    use_key_block(key_block)
     runtime.use_memory_scheduler_on_cpu()
     config = config_lib.load(os.path.join(os.path.dirname(HERE), "configs", "demo.py"), overrides)
     runtime.use_cpu_devices(int(config.mesh.cpu_devices))
@@ -216,7 +229,8 @@ def _humandiff_side(steps: int, warmup: int, overrides: dict) -> dict:
             "executable_flops": bench._flops(f["compiled"]), "xla_memory": bench._memory(f["compiled"]),
             "params_one_unet_plus_pose": modeling.count_params(params["unet"]) +
             modeling.count_params(params["pose_encoder"]),
-            "devices": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__}
+            "key_block": key_block, "devices": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "jax": jax.__version__}
 
 
 # ---------------------------------------------------------------- driver ---------------------------------------------
@@ -226,14 +240,15 @@ def run_child(side: str, args, extra_flags: str) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = fh.name
     cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--child_out", out, "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--torch_threads", str(args.torch_threads)]
+           "--warmup", str(args.warmup), "--torch_threads", str(args.torch_threads), "--key_block", str(args.key_block)]
     for s in args.set:
         cmd += ["--set", s]
     env = dict(os.environ)
     if side == "humandiff" and extra_flags:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {extra_flags}".strip()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env)
+    cpus = {int(c) for c in args.cpus.split(",")} if args.cpus else None
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
@@ -291,6 +306,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per process after compiling")
     p.add_argument("--torch_threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="humandiff config override")
+    p.add_argument("--key_block", type=int, default=0, help="humandiff: AttentionConfig.xla_key_block (0: off)")
+    p.add_argument("--cpus", default="", help="pin both sides' processes to these CPUs, e.g. '0' ('' = no pinning)")
     p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for the humandiff processes")
     p.add_argument("--sides", default="torch,humandiff", help="sides to run, in alternation order")
     p.add_argument("--key", default="default", help="entry of this variant in the JSON")
@@ -300,7 +317,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.child:
         row = (_torch_side(args.steps, args.warmup, args.torch_threads) if args.child == "torch" else
-               _humandiff_side(args.steps, args.warmup, humandiff_overrides(dict(_override(s) for s in args.set))))
+               _humandiff_side(args.steps, args.warmup, humandiff_overrides(dict(_override(s) for s in args.set)),
+                               args.key_block))
         with open(args.child_out, "w", encoding="utf-8") as fh:
             json.dump(row, fh)
         return 0
@@ -318,9 +336,10 @@ def main(argv=None) -> int:
     result = {"sizes": {"block_out_channels": BLOCKS, "heads": HEADS, "cross_attention_dim": CROSS_DIM,
                         "layers_per_block": LAYERS, "latent": [LATENT, LATENT, CHANNELS], "batch": BATCH,
                         "dtype": "float32"},
-              "humandiff_overrides": args.set, "xla_flags": args.xla_flags, "pairs": args.pairs,
-              "steps": args.steps, "warmup": args.warmup, "load_avg_before": load_before, "runs": runs,
-              "machine": results_io.machine()}
+              "humandiff_overrides": args.set, "xla_flags": args.xla_flags, "key_block": args.key_block,
+              "cpus": args.cpus or "all", "torch_threads": args.torch_threads or "one per CPU allowed",
+              "pairs": args.pairs, "steps": args.steps, "warmup": args.warmup, "load_avg_before": load_before,
+              "runs": runs, "machine": results_io.machine()}
     if set(sides) == {"torch", "humandiff"}:
         result["params"] = check_params(runs)
         result["summary"] = summarise(runs)

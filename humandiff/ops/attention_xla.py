@@ -7,9 +7,12 @@ target entries that share it with einsums instead of materialising a repeat.
 Every path takes `chunk` (`AttentionConfig.xla_query_chunk`): with more queries than that, the queries run in
 chunks of `chunk` tokens one after another (`lax.map`), each rematerialised in the backward pass, so the scores held
 at once are `chunk x keys` per head instead of `queries x keys`. Rows of softmax attention are independent, so the
-result is the same. With `block` (`AttentionConfig.xla_key_block`) > 0, layers with more keys than that run the
-blocked online-softmax attention of `attention_blocked` instead of `jax.nn.dot_product_attention`. SD-1.5's 64x64 latent level has 4096 target queries against 8192 keys: its train step at 512x512
+result is the same. SD-1.5's 64x64 latent level has 4096 target queries against 8192 keys: its train step at 512x512
 (bf16, batch 1, no EMA) needs 36.3 GB of XLA:CPU temporaries with all queries at once, 12.5 GB in 1024-query chunks.
+
+With `block` (`AttentionConfig.xla_key_block`) > 0, layers with more keys than that run the blocked online-softmax
+attention of `attention_blocked` instead of `jax.nn.dot_product_attention` (the cached form then repeats the cache's
+K/V over the entries that share it: keys, not scores).
 """
 
 from __future__ import annotations
