@@ -71,14 +71,18 @@ def parse_hlo(text: str) -> dict:
     return out
 
 
-def _inner(hlo: dict, comp: str) -> list[dict]:
-    return [i for i in hlo.values() if i["comp"] == comp]
+def by_computation(hlo: dict) -> dict:
+    """Computation name -> its instructions."""
+    comps = collections.defaultdict(list)
+    for ins in hlo.values():
+        comps[ins["comp"]].append(ins)
+    return comps
 
 
-def classify(hlo: dict, name: str) -> tuple[str, float]:
+def classify(hlo: dict, comps: dict, name: str) -> tuple[str, float]:
     """(category, FLOPs) of one top-level instruction, looking inside the computation a fusion calls."""
     ins = hlo[name]
-    inner = [ins] if ins["op"] != "fusion" else [i for c in ins["calls"] for i in _inner(hlo, c)]
+    inner = [ins] if ins["op"] != "fusion" else [i for c in ins["calls"] for i in comps.get(c, [])]
     ops = {i["op"] for i in inner}
     flops = sum(i["flops"] for i in inner)
     if "convolution" in ops:
@@ -111,16 +115,18 @@ def trace_events(trace_dir: str) -> list[dict]:
 
 def profile(hlo: dict, events: list[dict], steps: int) -> dict:
     """Seconds per step and GFLOP/s per category, and the 25 costliest instructions."""
-    per_name = collections.Counter()
+    per_name, calls = collections.Counter(), collections.Counter()
     for e in events:
         if e["name"] in hlo and hlo[e["name"]]["op"] not in ("while", "call", "conditional"):
             per_name[e["name"]] += e["dur"] * 1e-6 / steps  # perfetto durations are microseconds
+            calls[e["name"]] += 1
+    comps = by_computation(hlo)
     cats = collections.defaultdict(lambda: {"s": 0.0, "flops": 0.0, "count": 0})
     top = []
     for name, s in per_name.items():
-        cat, flops = classify(hlo, name)
+        cat, flops = classify(hlo, comps, name)
         # Instructions inside a while body (chunked attention) run once per trip: FLOPs per trip times trips.
-        trips = sum(1 for e in events if e["name"] == name) / steps
+        trips = calls[name] / steps
         cats[cat]["s"] += s
         cats[cat]["flops"] += flops * trips
         cats[cat]["count"] += 1
@@ -145,6 +151,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="humandiff config override")
     p.add_argument("--key_block", type=int, default=0, help="AttentionConfig.xla_key_block (0: off)")
     p.add_argument("--key", default="default")
+    p.add_argument("--hlo_out", default="", help="also write the compiled step's HLO text here")
     p.add_argument("--out", default=os.path.join(HERE, "results", "profile_step_cpu.json"))
     args = p.parse_args(argv)
     sys.path.insert(0, HERE)
@@ -166,10 +173,16 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as workdir:
         f = bench.build(config, workdir, {"vae": peer._channel_pad()})
     rss = {"after_build": _rss_mb()}
+    print(f"built (compile {f['compile_s']:.0f} s), RSS {rss['after_build']:.0f} MB", file=sys.stderr)
     for _ in range(args.warmup):
         bench._step(f)
     rss["after_warmup"] = _rss_mb()
-    hlo = parse_hlo(f["compiled"].as_text())
+    text = f["compiled"].as_text()
+    if args.hlo_out:
+        with open(args.hlo_out, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    hlo = parse_hlo(text)
+    print(f"warm-up done, RSS {rss['after_warmup']:.0f} MB; {len(hlo)} HLO instructions", file=sys.stderr)
     with tempfile.TemporaryDirectory() as trace_dir:
         t0 = time.perf_counter()
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):

@@ -18,8 +18,11 @@ load change on a shared machine hits both. Per process: seconds of each timed st
 samples/s, peak RSS of the child (`ru_maxrss` from `os.wait4`), compile seconds and XLA's FLOP count and memory
 analysis (humandiff). The script asserts that the parameter counts of humandiff's one UNet + pose encoder and of one
 torch UNet + pose guider agree within 2%. `--set KEY=VALUE` passes config overrides to the humandiff side (e.g.
-`--set model.attention_query_chunk=0`, `--set mesh.cpu_devices=2`) and `--xla_flags` extra XLA flags, so variants
-are measured by the same harness; `--key` names the variant's entry in the JSON.
+`--set model.attention_query_chunk=0`, `--set mesh.cpu_devices=2`), `--key_block` the blocked attention's key block
+and `--xla_flags` extra XLA flags; `--variant NAME=ITEM;ITEM` adds further humandiff sides to the alternation, so
+variants are measured side by side by the same harness; `--key` names the run's entry in the JSON. `--cpus 0` pins
+every child to CPU 0 (torch then runs one thread): on a machine shared with other jobs, torch's OpenMP threads
+otherwise wait on each other (one 2-thread torch step took 24-34 s under load, 3.3 s pinned to one core).
 """
 
 from __future__ import annotations
@@ -235,17 +238,37 @@ def _humandiff_side(steps: int, warmup: int, overrides: dict, key_block: int) ->
 
 # ---------------------------------------------------------------- driver ---------------------------------------------
 
-def run_child(side: str, args, extra_flags: str) -> dict:
-    """One side in a fresh process: its JSON row plus the child's peak RSS and wall time."""
+def parse_variant(text: str) -> tuple[str, dict]:
+    """`NAME=ITEM;ITEM;...` -> (name, spec) of a humandiff variant; an ITEM is `key_block=N`, `xla_flags=FLAGS` or a
+    config override `KEY=VALUE`. Example: `blocked512=key_block=512;mesh.cpu_devices=2`."""
+    name, sep, items = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--variant {text!r}: expected NAME=ITEM;ITEM;...")
+    spec = {"set": [], "key_block": 0, "xla_flags": ""}
+    for item in filter(None, items.split(";")):
+        key, _, value = item.partition("=")
+        if key == "key_block":
+            spec["key_block"] = int(value)
+        elif key == "xla_flags":
+            spec["xla_flags"] = value
+        else:
+            spec["set"].append(item)
+    return name, spec
+
+
+def run_child(side: str, spec: dict | None, args) -> dict:
+    """One side in a fresh process (`spec`: a humandiff variant, None for torch): its JSON row plus the child's peak
+    RSS and wall time."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = fh.name
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--child_out", out, "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--torch_threads", str(args.torch_threads), "--key_block", str(args.key_block)]
-    for s in args.set:
-        cmd += ["--set", s]
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "torch" if spec is None else "humandiff",
+           "--child_out", out, "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--torch_threads", str(args.torch_threads)]
     env = dict(os.environ)
-    if side == "humandiff" and extra_flags:
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {extra_flags}".strip()
+    if spec is not None:
+        cmd += ["--key_block", str(spec["key_block"])] + [a for s in spec["set"] for a in ("--set", s)]
+        if spec["xla_flags"]:
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {spec['xla_flags']}".strip()
     t0 = time.perf_counter()
     cpus = {int(c) for c in args.cpus.split(",")} if args.cpus else None
     proc = subprocess.Popen(cmd, env=env, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
@@ -263,20 +286,25 @@ def run_child(side: str, args, extra_flags: str) -> dict:
 
 
 def summarise(runs: dict) -> dict:
-    """Medians over processes of each side, and humandiff / torch ratios."""
-    med = {side: {k: statistics.median(r[k] for r in rows) for k in ("median_step_s", "samples_per_s",
-                                                                      "peak_rss_mb")}
-           for side, rows in runs.items()}
-    h, t = med["humandiff"], med["torch"]
-    pairs = [ht["median_step_s"] / tt["median_step_s"] for tt, ht in zip(runs["torch"], runs["humandiff"])]
-    return {"median": med,
-            "samples_per_s_humandiff_over_torch": h["samples_per_s"] / t["samples_per_s"],
-            "peak_rss_humandiff_over_torch": h["peak_rss_mb"] / t["peak_rss_mb"],
-            "step_time_ratio_per_pair": pairs,
-            "compile_s": [r["compile_s"] for r in runs["humandiff"]],
-            "achieved_gflop_per_s_humandiff": runs["humandiff"][0]["flops_per_step"] / h["median_step_s"] / 1e9,
+    """Medians over processes of each side, and each humandiff side's ratios to torch."""
+    keys = ("median_step_s", "samples_per_s", "peak_rss_mb")
+    med = {side: {k: statistics.median(r[k] for r in rows) for k in keys} for side, rows in runs.items()}
+    t = med["torch"]
+    out = {"median": med}
+    for side in runs:
+        if side == "torch":
+            continue
+        h = med[side]
+        out[side] = {
+            "samples_per_s_over_torch": h["samples_per_s"] / t["samples_per_s"],
+            "peak_rss_over_torch": h["peak_rss_mb"] / t["peak_rss_mb"],
+            "step_time_over_torch_per_pair": [hr["median_step_s"] / tr["median_step_s"]
+                                              for tr, hr in zip(runs["torch"], runs[side])],
+            "compile_s": [r["compile_s"] for r in runs[side]],
+            "achieved_gflop_per_s": runs[side][0]["flops_per_step"] / h["median_step_s"] / 1e9,
             "acceptance": {"samples_per_s_ge_1x": h["samples_per_s"] >= t["samples_per_s"],
                            "peak_rss_le_0.6x": h["peak_rss_mb"] <= 0.6 * t["peak_rss_mb"]}}
+    return out
 
 
 def check_params(runs: dict) -> dict:
@@ -301,16 +329,19 @@ def _override(text: str) -> tuple[str, object]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pairs", type=int, default=3, help="alternated (torch, humandiff) process pairs")
+    p.add_argument("--pairs", type=int, default=3, help="rounds of alternated processes (torch, humandiff, variants)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per process")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per process after compiling")
-    p.add_argument("--torch_threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="humandiff config override")
-    p.add_argument("--key_block", type=int, default=0, help="humandiff: AttentionConfig.xla_key_block (0: off)")
-    p.add_argument("--cpus", default="", help="pin both sides' processes to these CPUs, e.g. '0' ('' = no pinning)")
-    p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for the humandiff processes")
-    p.add_argument("--sides", default="torch,humandiff", help="sides to run, in alternation order")
-    p.add_argument("--key", default="default", help="entry of this variant in the JSON")
+    p.add_argument("--torch_threads", type=int, default=0, help="torch intra-op threads (0: one per allowed CPU)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override of the humandiff side")
+    p.add_argument("--key_block", type=int, default=0, help="humandiff side: AttentionConfig.xla_key_block (0: off)")
+    p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS of the humandiff side")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=ITEM;ITEM",
+                   help="another humandiff side in the alternation (see parse_variant); repeatable")
+    p.add_argument("--no_torch", action="store_true", help="humandiff sides only (no ratios to torch)")
+    p.add_argument("--cpus", default="", help="pin every child process to these CPUs, e.g. '0' ('' = no pinning)")
+    p.add_argument("--key", default="default", help="entry of this run in the JSON")
     p.add_argument("--out", default=os.path.join(HERE, "results", "vs_referencenet_cpu.json"))
     p.add_argument("--child", choices=("torch", "humandiff"), help=argparse.SUPPRESS)
     p.add_argument("--child_out", help=argparse.SUPPRESS)
@@ -322,25 +353,26 @@ def main(argv=None) -> int:
         with open(args.child_out, "w", encoding="utf-8") as fh:
             json.dump(row, fh)
         return 0
-    sides = args.sides.split(",")
+    sides = {} if args.no_torch else {"torch": None}
+    sides["humandiff"] = {"set": args.set, "key_block": args.key_block, "xla_flags": args.xla_flags}
+    sides.update({f"humandiff:{name}": spec for name, spec in map(parse_variant, args.variant)})
     load_before = os.getloadavg()
     runs = {side: [] for side in sides}
     for _ in range(args.pairs):
-        for side in sides:
-            runs[side].append(run_child(side, args, args.xla_flags))
+        for side, spec in sides.items():
+            runs[side].append(run_child(side, spec, args))
             print(f"{side}: {runs[side][-1]['median_step_s']:.3f} s/step, {runs[side][-1]['peak_rss_mb']:.0f} MB",
                   file=sys.stderr)
     sys.path.insert(0, HERE)
-    import results_io  # noqa: PLC0415 - benchmarks/results_io.py imports jax, which the children must import first
+    import results_io  # noqa: PLC0415 - benchmarks/ is on sys.path only from here on
 
     result = {"sizes": {"block_out_channels": BLOCKS, "heads": HEADS, "cross_attention_dim": CROSS_DIM,
                         "layers_per_block": LAYERS, "latent": [LATENT, LATENT, CHANNELS], "batch": BATCH,
                         "dtype": "float32"},
-              "humandiff_overrides": args.set, "xla_flags": args.xla_flags, "key_block": args.key_block,
-              "cpus": args.cpus or "all", "torch_threads": args.torch_threads or "one per CPU allowed",
-              "pairs": args.pairs, "steps": args.steps, "warmup": args.warmup, "load_avg_before": load_before,
+              "sides": sides, "cpus": args.cpus or "all", "torch_threads": args.torch_threads or "one per CPU allowed",
+              "rounds": args.pairs, "steps": args.steps, "warmup": args.warmup, "load_avg_before": load_before,
               "runs": runs, "machine": results_io.machine()}
-    if set(sides) == {"torch", "humandiff"}:
+    if "torch" in runs:
         result["params"] = check_params(runs)
         result["summary"] = summarise(runs)
         print(json.dumps(result["summary"], indent=1), file=sys.stderr)
