@@ -7,8 +7,9 @@ traces `--steps` steps with `jax.profiler.trace` (perfetto JSON). Each traced XL
 instruction in the compiled module's text; instructions are put in categories (convolutions split into forward,
 input-gradient and kernel-gradient by their JAX op names; dots; copies/transposes; reductions; other fusions), and
 convolution / dot FLOPs are counted from the HLO shapes, so each category gets seconds per step and GFLOP/s.
-Also written: XLA's memory analysis of the step and this process's peak RSS at three points (after compiling,
-after allocating the state, after the steps), to read the gap between them.
+Also written: XLA's memory analysis of the step and this process's resident set (peak so far, and now) before
+building, after building (compiling + allocating the state) and after the warm-up steps, to read the gap between
+XLA's count and the RSS.
 """
 
 from __future__ import annotations
@@ -104,6 +105,17 @@ def classify(hlo: dict, comps: dict, name: str) -> tuple[str, float]:
     return "elementwise_fusion", 0.0
 
 
+PARTS = (("self_attention", "/attn1/"), ("cross_attention", "/attn2/"), ("feed_forward", "/ff/"),
+         ("resnets", "/resnets_"), ("transformer_proj_norm", "/attentions_"), ("pose_encoder", "PoseEncoder"))
+
+
+def part_of(jax_op: str) -> str:
+    """The model part an op's JAX name places it in: the first match of PARTS, else "model_other" inside the loss's
+    forward/backward (`jvp(`, `transpose(`), else "optimizer_and_rest" (AdamW, clipping, the finite check)."""
+    part = next((name for name, key in PARTS if key in jax_op), None)
+    return part or ("model_other" if "jvp(" in jax_op else "optimizer_and_rest")
+
+
 def trace_events(trace_dir: str) -> list[dict]:
     """The complete ('X') events of the newest perfetto trace under `trace_dir`."""
     path = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True))[-1]
@@ -122,6 +134,7 @@ def profile(hlo: dict, events: list[dict], steps: int) -> dict:
             calls[e["name"]] += 1
     comps = by_computation(hlo)
     cats = collections.defaultdict(lambda: {"s": 0.0, "flops": 0.0, "count": 0})
+    parts = collections.Counter()
     top = []
     for name, s in per_name.items():
         cat, flops = classify(hlo, comps, name)
@@ -130,6 +143,7 @@ def profile(hlo: dict, events: list[dict], steps: int) -> dict:
         cats[cat]["s"] += s
         cats[cat]["flops"] += flops * trips
         cats[cat]["count"] += 1
+        parts[part_of(hlo[name]["jax_op"])] += s
         top.append({"name": name, "category": cat, "s_per_step": s, "gflop": flops * trips / 1e9,
                     "shape": hlo[name]["shape"], "jax_op": hlo[name]["jax_op"][-120:]})
     total = sum(c["s"] for c in cats.values())
@@ -137,11 +151,22 @@ def profile(hlo: dict, events: list[dict], steps: int) -> dict:
         c["fraction"] = c["s"] / total if total else 0.0
         c["gflop_per_s"] = c["flops"] / c["s"] / 1e9 if c["s"] and c["flops"] else None
     return {"categories": dict(sorted(cats.items(), key=lambda kv: -kv[1]["s"])), "traced_op_s_per_step": total,
+            "parts_s_per_step": dict(parts.most_common()),
             "top": sorted(top, key=lambda r: -r["s_per_step"])[:25]}
 
 
 def _rss_mb() -> float:
+    """Peak resident set of this process so far, MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _current_rss_mb() -> float:
+    """Resident set of this process now, MB (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except OSError:
+        return 0.0
 
 
 def main(argv=None) -> int:
@@ -170,19 +195,20 @@ def main(argv=None) -> int:
     runtime.use_cpu_devices(int(config.mesh.cpu_devices))
     config.mesh.shape = (-1, 1, 1)
     config_lib.validate(config, jax.device_count())
+    rss = {"now_before_build": _current_rss_mb()}
     with tempfile.TemporaryDirectory() as workdir:
         f = bench.build(config, workdir, {"vae": peer._channel_pad()})
-    rss = {"after_build": _rss_mb()}
-    print(f"built (compile {f['compile_s']:.0f} s), RSS {rss['after_build']:.0f} MB", file=sys.stderr)
+    rss.update(peak_after_build=_rss_mb(), now_after_build=_current_rss_mb())
+    print(f"built (compile {f['compile_s']:.0f} s), RSS {rss['peak_after_build']:.0f} MB", file=sys.stderr)
     for _ in range(args.warmup):
         bench._step(f)
-    rss["after_warmup"] = _rss_mb()
+    rss.update(peak_after_warmup=_rss_mb(), now_after_warmup=_current_rss_mb())
     text = f["compiled"].as_text()
     if args.hlo_out:
         with open(args.hlo_out, "w", encoding="utf-8") as fh:
             fh.write(text)
     hlo = parse_hlo(text)
-    print(f"warm-up done, RSS {rss['after_warmup']:.0f} MB; {len(hlo)} HLO instructions", file=sys.stderr)
+    print(f"warm-up done, RSS {rss['peak_after_warmup']:.0f} MB; {len(hlo)} HLO instructions", file=sys.stderr)
     with tempfile.TemporaryDirectory() as trace_dir:
         t0 = time.perf_counter()
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
@@ -191,11 +217,12 @@ def main(argv=None) -> int:
         events = trace_events(trace_dir)
     result = {"overrides": args.set, "key_block": args.key_block, "step_s": times, "traced_wall_s": traced_wall,
               "compile_s": f["compile_s"],
-              "flops_per_step": f["flops"], "xla_memory": bench._memory(f["compiled"]), "peak_rss_mb": rss,
+              "flops_per_step": f["flops"], "xla_memory": bench._memory(f["compiled"]), "rss_mb": rss,
               "profile": profile(hlo, events, args.steps), "machine": results_io.machine()}
     results_io.merge_into(args.out, args.key, result)
-    print(json.dumps({k: result[k] for k in ("step_s", "xla_memory", "peak_rss_mb")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("step_s", "xla_memory", "rss_mb")}, indent=1))
     print(json.dumps(result["profile"]["categories"], indent=1))
+    print(json.dumps(result["profile"]["parts_s_per_step"], indent=1))
     return 0
 
 
