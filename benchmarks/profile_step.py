@@ -174,7 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=2, help="traced steps")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="humandiff config override")
-    p.add_argument("--key_block", type=int, default=0, help="AttentionConfig.xla_key_block (0: off)")
+    p.add_argument("--key_block", type=int, default=None,
+                   help="AttentionConfig.xla_key_block (0: off; default: the field's default)")
     p.add_argument("--key", default="default")
     p.add_argument("--hlo_out", default="", help="also write the compiled step's HLO text here")
     p.add_argument("--out", default=os.path.join(HERE, "results", "profile_step_cpu.json"))

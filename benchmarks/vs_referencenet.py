@@ -15,9 +15,11 @@ channels by `ChannelPad`, a stand-in for the VAE that costs nothing), batch 2, n
 
 Each side runs in a fresh child process; sides alternate (torch, humandiff, torch, ...) for `--pairs` pairs, so a
 load change on a shared machine hits both. Per process: seconds of each timed step after `--warmup` steps (median),
-samples/s, peak RSS of the child (`ru_maxrss` from `os.wait4`), compile seconds and XLA's FLOP count and memory
-analysis (humandiff). The script asserts that the parameter counts of humandiff's one UNet + pose encoder and of one
-torch UNet + pose guider agree within 2%. `--set KEY=VALUE` passes config overrides to the humandiff side (e.g.
+samples/s, peak RSS of the child (`ru_maxrss` from `os.wait4`), compile seconds and XLA's memory analysis
+(humandiff). XLA's FLOP count of each humandiff side comes from one more child that only lowers the step (lowering
+a second copy of the step would add to the timed process's peak RSS; the trainer never does it). The script
+asserts that the parameter counts of humandiff's one UNet + pose encoder and of one torch UNet + pose guider agree
+within 2%. `--set KEY=VALUE` passes config overrides to the humandiff side (e.g.
 `--set model.attention_query_chunk=0`, `--set mesh.cpu_devices=2`), `--key_block` the blocked attention's key block
 and `--xla_flags` extra XLA flags; `--variant NAME=ITEM;ITEM` adds further humandiff sides to the alternation, so
 variants are measured side by side by the same harness; `--key` names the run's entry in the JSON. `--cpus 0` pins
@@ -194,27 +196,26 @@ def _channel_pad():
     return ChannelPad()
 
 
-def use_key_block(block: int) -> None:
-    """Makes the step's attention blocked over keys (`AttentionConfig.xla_key_block`) in this process.
+def use_key_block(block: int | None) -> None:
+    """Sets the step's `AttentionConfig.xla_key_block` (0: `jax.nn.dot_product_attention`) in this process.
 
-    The run config has no field for it (config_lib, configs and training/ are outside this change), so the
-    benchmark wraps the one function that builds the model's `AttentionConfig` from the config. 0: unchanged.
+    The run config has no field for it yet, so the benchmark wraps the one function that builds the model's
+    `AttentionConfig` from the config. None: unchanged (the field's default: 512 keys per block on CPU).
     """
     from humandiff.training import sharding
 
-    if block:
+    if block is not None:
         base = sharding.attention_config
         sharding.attention_config = lambda config: base(config).replace(xla_key_block=block)
 
 
-def _humandiff_side(steps: int, warmup: int, overrides: dict, key_block: int) -> dict:
-    """Builds (compiles) and times humandiff's train step; returns the row."""
-    sys.path.insert(0, HERE)
+def _humandiff_config(overrides: dict, key_block: int | None):
+    """The run config of the humandiff side, after the process-wide settings the trainer makes (XLA flags, CPU
+    devices), which must precede JAX's first computation."""
     import jax
 
     from humandiff import config_lib
-    from humandiff.training import modeling, runtime
-    import train_step as bench  # benchmarks/train_step.py
+    from humandiff.training import runtime
 
     use_key_block(key_block)
     runtime.use_memory_scheduler_on_cpu()
@@ -222,18 +223,43 @@ def _humandiff_side(steps: int, warmup: int, overrides: dict, key_block: int) ->
     runtime.use_cpu_devices(int(config.mesh.cpu_devices))
     config.mesh.shape = (-1, 1, 1)
     config_lib.validate(config, jax.device_count())
+    return config
+
+
+def _humandiff_side(steps: int, warmup: int, overrides: dict, key_block: int | None) -> dict:
+    """Builds (compiles) and times humandiff's train step as the trainer runs it; returns the row (no FLOPs:
+    `_humandiff_flops` counts them in another process, so that this one's peak RSS is the trainer's)."""
+    sys.path.insert(0, HERE)
+    import jax
+
+    from humandiff.training import modeling
+    import train_step as bench  # benchmarks/train_step.py
+
+    config = _humandiff_config(overrides, key_block)
     with tempfile.TemporaryDirectory() as workdir:
-        f = bench.build(config, workdir, {"vae": _channel_pad()})
+        f = bench.build(config, workdir, {"vae": _channel_pad()}, count_flops=False)
     for _ in range(warmup):
         bench._step(f)
     times = [bench._step(f) for _ in range(steps)]
     params = f["state"]["params"]
-    return {"step_s": times, "compile_s": f["compile_s"], "flops_per_step": f["flops"],
-            "executable_flops": bench._flops(f["compiled"]), "xla_memory": bench._memory(f["compiled"]),
+    return {"step_s": times, "compile_s": f["compile_s"], "executable_flops": bench._flops(f["compiled"]),
+            "xla_memory": bench._memory(f["compiled"]),
             "params_one_unet_plus_pose": modeling.count_params(params["unet"]) +
             modeling.count_params(params["pose_encoder"]),
             "key_block": key_block, "devices": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "jax": jax.__version__}
+
+
+def _humandiff_flops(overrides: dict, key_block: int | None) -> dict:
+    """FLOPs of the humandiff step by XLA's cost analysis (lowered with all attention queries at once; lowering
+    only, nothing compiled)."""
+    sys.path.insert(0, HERE)
+    from humandiff.training import input as train_input, sharding
+    import train_step as bench
+
+    config = _humandiff_config(overrides, key_block)
+    local = next(train_input.train_iterator(config))
+    return {"flops_per_step": bench.step_flops(config, {"vae": _channel_pad()}, sharding.make_mesh(config), local)}
 
 
 # ---------------------------------------------------------------- driver ---------------------------------------------
@@ -244,7 +270,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
     name, sep, items = text.partition("=")
     if not sep or not name:
         raise SystemExit(f"--variant {text!r}: expected NAME=ITEM;ITEM;...")
-    spec = {"set": [], "key_block": 0, "xla_flags": ""}
+    spec = {"set": [], "key_block": None, "xla_flags": ""}
     for item in filter(None, items.split(";")):
         key, _, value = item.partition("=")
         if key == "key_block":
@@ -256,17 +282,18 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, spec
 
 
-def run_child(side: str, spec: dict | None, args) -> dict:
+def run_child(side: str, spec: dict | None, args, mode: str = "") -> dict:
     """One side in a fresh process (`spec`: a humandiff variant, None for torch): its JSON row plus the child's peak
-    RSS and wall time."""
+    RSS and wall time. `mode` "humandiff_flops": only count the variant's FLOPs."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = fh.name
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "torch" if spec is None else "humandiff",
-           "--child_out", out, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--torch_threads", str(args.torch_threads)]
+    mode = mode or ("torch" if spec is None else "humandiff")
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--child_out", out, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--torch_threads", str(args.torch_threads)]
     env = dict(os.environ)
     if spec is not None:
-        cmd += ["--key_block", str(spec["key_block"])] + [a for s in spec["set"] for a in ("--set", s)]
+        cmd += [] if spec["key_block"] is None else ["--key_block", str(spec["key_block"])]
+        cmd += [a for s in spec["set"] for a in ("--set", s)]
         if spec["xla_flags"]:
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {spec['xla_flags']}".strip()
     t0 = time.perf_counter()
@@ -279,13 +306,14 @@ def run_child(side: str, spec: dict | None, args) -> dict:
     with open(out, encoding="utf-8") as fh:
         row = json.load(fh)
     os.unlink(out)
-    row.update(peak_rss_mb=usage.ru_maxrss / 1024, process_wall_s=wall, median_step_s=statistics.median(row["step_s"]),
-               load_avg_after=os.getloadavg())
-    row["samples_per_s"] = BATCH / row["median_step_s"]
+    row.update(peak_rss_mb=usage.ru_maxrss / 1024, process_wall_s=wall, load_avg_after=os.getloadavg())
+    if "step_s" in row:
+        row["median_step_s"] = statistics.median(row["step_s"])
+        row["samples_per_s"] = BATCH / row["median_step_s"]
     return row
 
 
-def summarise(runs: dict) -> dict:
+def summarise(runs: dict, flops: dict) -> dict:
     """Medians over processes of each side, and each humandiff side's ratios to torch."""
     keys = ("median_step_s", "samples_per_s", "peak_rss_mb")
     med = {side: {k: statistics.median(r[k] for r in rows) for k in keys} for side, rows in runs.items()}
@@ -301,7 +329,7 @@ def summarise(runs: dict) -> dict:
             "step_time_over_torch_per_pair": [hr["median_step_s"] / tr["median_step_s"]
                                               for tr, hr in zip(runs["torch"], runs[side])],
             "compile_s": [r["compile_s"] for r in runs[side]],
-            "achieved_gflop_per_s": runs[side][0]["flops_per_step"] / h["median_step_s"] / 1e9,
+            "achieved_gflop_per_s": flops[side]["flops_per_step"] / h["median_step_s"] / 1e9,
             "acceptance": {"samples_per_s_ge_1x": h["samples_per_s"] >= t["samples_per_s"],
                            "peak_rss_le_0.6x": h["peak_rss_mb"] <= 0.6 * t["peak_rss_mb"]}}
     return out
@@ -335,7 +363,8 @@ def main(argv=None) -> int:
     p.add_argument("--torch_threads", type=int, default=0, help="torch intra-op threads (0: one per allowed CPU)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override of the humandiff side")
-    p.add_argument("--key_block", type=int, default=0, help="humandiff side: AttentionConfig.xla_key_block (0: off)")
+    p.add_argument("--key_block", type=int, default=None,
+                   help="humandiff side: AttentionConfig.xla_key_block (0: off; default: the field's default)")
     p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS of the humandiff side")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=ITEM;ITEM",
                    help="another humandiff side in the alternation (see parse_variant); repeatable")
@@ -343,13 +372,17 @@ def main(argv=None) -> int:
     p.add_argument("--cpus", default="", help="pin every child process to these CPUs, e.g. '0' ('' = no pinning)")
     p.add_argument("--key", default="default", help="entry of this run in the JSON")
     p.add_argument("--out", default=os.path.join(HERE, "results", "vs_referencenet_cpu.json"))
-    p.add_argument("--child", choices=("torch", "humandiff"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("torch", "humandiff", "humandiff_flops"), help=argparse.SUPPRESS)
     p.add_argument("--child_out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        row = (_torch_side(args.steps, args.warmup, args.torch_threads) if args.child == "torch" else
-               _humandiff_side(args.steps, args.warmup, humandiff_overrides(dict(_override(s) for s in args.set)),
-                               args.key_block))
+        overrides = humandiff_overrides(dict(_override(s) for s in args.set))
+        if args.child == "torch":
+            row = _torch_side(args.steps, args.warmup, args.torch_threads)
+        elif args.child == "humandiff":
+            row = _humandiff_side(args.steps, args.warmup, overrides, args.key_block)
+        else:
+            row = _humandiff_flops(overrides, args.key_block)
         with open(args.child_out, "w", encoding="utf-8") as fh:
             json.dump(row, fh)
         return 0
@@ -357,6 +390,7 @@ def main(argv=None) -> int:
     sides["humandiff"] = {"set": args.set, "key_block": args.key_block, "xla_flags": args.xla_flags}
     sides.update({f"humandiff:{name}": spec for name, spec in map(parse_variant, args.variant)})
     load_before = os.getloadavg()
+    flops = {side: run_child(side, spec, args, "humandiff_flops") for side, spec in sides.items() if spec is not None}
     runs = {side: [] for side in sides}
     for _ in range(args.pairs):
         for side, spec in sides.items():
@@ -371,10 +405,10 @@ def main(argv=None) -> int:
                         "dtype": "float32"},
               "sides": sides, "cpus": args.cpus or "all", "torch_threads": args.torch_threads or "one per CPU allowed",
               "rounds": args.pairs, "steps": args.steps, "warmup": args.warmup, "load_avg_before": load_before,
-              "runs": runs, "machine": results_io.machine()}
+              "runs": runs, "flops": flops, "machine": results_io.machine()}
     if "torch" in runs:
         result["params"] = check_params(runs)
-        result["summary"] = summarise(runs)
+        result["summary"] = summarise(runs, flops)
         print(json.dumps(result["summary"], indent=1), file=sys.stderr)
     results_io.merge_into(args.out, args.key, result)
     return 0

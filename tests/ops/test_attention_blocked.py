@@ -90,3 +90,28 @@ def test_entry_points_with_key_blocks_match_oracle(oracle, name):
 def test_key_block_must_not_be_negative():
     with pytest.raises(ValueError, match="xla_key_block=-1"):
         attn.AttentionConfig(xla_key_block=-1)
+
+
+def test_key_block_default_is_blocked_on_cpu_only():
+    """None (the default) resolves to CPU_KEY_BLOCK on the CPU backend and to off elsewhere; explicit values win."""
+    from humandiff.ops.attention_config import CPU_KEY_BLOCK
+
+    default = attn.AttentionConfig()
+    assert default.key_block("cpu") == CPU_KEY_BLOCK > 0
+    assert default.key_block("gpu") == default.key_block("tpu") == 0
+    assert attn.AttentionConfig(xla_key_block=0).key_block("cpu") == 0
+    assert attn.AttentionConfig(xla_key_block=64).key_block("gpu") == 64
+
+
+def test_default_config_blocks_long_layers_on_cpu():
+    """With the default config, a CPU layer with more keys than CPU_KEY_BLOCK runs the blocked kernel (and equals
+    `jax.nn.dot_product_attention`); one with fewer keys does not."""
+    from humandiff.ops.attention_config import CPU_KEY_BLOCK
+
+    q, k, v, _ = _arrays((1, 8, 1, 4), (1, CPU_KEY_BLOCK + 1, 1, 4), seed=5)
+    fn = lambda q, k, v: attn.attention_cached(q, k[:, :8], v[:, :8], k, v, impl="xla")  # noqa: E731
+    assert "custom_vjp" in str(jax.make_jaxpr(fn)(q, k, v))
+    keys, values = jnp.concatenate([k, k[:, :8]], 1), jnp.concatenate([v, v[:, :8]], 1)
+    np.testing.assert_allclose(fn(q, k, v), jax.nn.dot_product_attention(q, keys, values, implementation="xla"),
+                               atol=1e-6)
+    assert "custom_vjp" not in str(jax.make_jaxpr(lambda q, k, v: attn.attention(q, k, v, impl="xla"))(q, q, q))
