@@ -10,6 +10,8 @@ forward. FLOPs are counted, not measured: only QK^T and PV, 4*Lq*Lk*D per head o
 allows (joint causal: R*R + T*(R+T) pairs; cached: T*(R+T)); forward+backward counts 3x the forward (dV, dP, dQ,
 dK; flash recomputation of the logits is not counted). Each row is the median of `--iters` timed calls after one
 compile and one warm-up call. A matmul peak (one large matmul in the benchmark dtype) is measured in the same run.
+Rows: `xla` (`jax.nn.dot_product_attention`), `xla_blocked` (the XLA path blocked over 1024-key blocks,
+`AttentionConfig.xla_key_block`), `cudnn` (GPU), splash fused / two-pass (TPU; Pallas interpret mode on CPU).
 Writes benchmarks/results/attention_<backend>.json.
 """
 
@@ -39,7 +41,7 @@ QUICK_INTERPRET_MAX_TOKENS = 256  # interpret mode is a simulator: only the smal
 def implementations(backend: str) -> dict[str, tuple[str, attn.AttentionConfig]]:
     """name -> (impl, config) for the implementations that run natively (or, on CPU, in interpret mode)."""
     base = attn.AttentionConfig()
-    impls = {"xla": ("xla", base)}
+    impls = {"xla": ("xla", base), "xla_blocked": ("xla", base.replace(xla_key_block=1024))}
     if backend == "gpu":
         impls["cudnn"] = ("cudnn", base)
     splash_impl = "splash" if backend == "tpu" else "interpret"

@@ -2,6 +2,8 @@
 
     PYTHONPATH=. python benchmarks/sampler.py                  # tiny UNet, 20 steps (about a minute on a CPU)
     PYTHONPATH=. python benchmarks/sampler.py --sd15 --steps 1 # SD-1.5 UNet shapes (random weights)
+    PYTHONPATH=. python benchmarks/sampler.py --unet bench --latent 32 --frames 2 --steps 4 --iters 3
+                                                               # the UNet of benchmarks/vs_referencenet.py
 
 Both modes run the full jitted pipeline (`humandiff.diffusion.pipeline.generate`) with CFG (2 branches) on one
 reference and F target frames, no VAE (latent-space timing):
@@ -35,11 +37,15 @@ TINY = dict(block_out_channels=(32, 64), layers_per_block=1, down_block_types=("
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=4,
             norm_num_groups=8)
 SD15 = dict(cross_attention_dim=768)  # the module defaults are SD-1.5's UNet
+# benchmarks/vs_referencenet.py's UNet: 4 levels (64, 128, 256, 256), 8 heads, 2 resnets per block, 34 M parameters.
+BENCH = dict(block_out_channels=(64, 128, 256, 256), layers_per_block=2, cross_attention_dim=128, attention_head_dim=8,
+             norm_num_groups=32)
+UNETS = {"tiny": TINY, "bench": BENCH, "sd15": SD15}
 
 
-def build(sd15: bool, latent: int):
+def build(unet_name: str, latent: int):
     """Random UNet + pose encoder (latent space without a VAE: 3 channels so the pipeline's image path applies)."""
-    unet = UNet2DConditionModel(in_channels=3, out_channels=3, **(SD15 if sd15 else TINY))
+    unet = UNet2DConditionModel(in_channels=3, out_channels=3, **UNETS[unet_name])
     c0 = unet.block_out_channels[0]
     pose = PoseEncoder(out_channels=c0, block_out_channels=(16,))
     x = jax.ShapeDtypeStruct((1, latent, latent, 3), jnp.float32)
@@ -77,7 +83,7 @@ def step_flops(models, params, cfg, inputs) -> tuple[float | None, float | None]
 
 
 def run(args) -> dict:
-    models, params = build(args.sd15, args.latent)
+    models, params = build(args.unet, args.latent)
     rng = np.random.default_rng(0)
     n, f = args.latent, args.frames
     inputs = {"ref_image": jnp.asarray(rng.uniform(-1, 1, (1, n, n, 3)), jnp.float32),
@@ -105,6 +111,7 @@ def run(args) -> dict:
     for row in rows.values():
         row["median_s"] = statistics.median(row["times"])
         row["seconds_per_frame"] = row["median_s"] / f
+        row["frames_per_s"] = f / row["median_s"]
     ratio = rows["joint"]["median_s"] / rows["cached"]["median_s"]
     paired = [j / c for c, j in zip(rows["cached"]["times"], rows["joint"]["times"])]
     c, j = rows["cached"], rows["joint"]
@@ -113,7 +120,7 @@ def run(args) -> dict:
         flop_ratio = (j["prepare_flops"] + args.steps * j["step_flops"]) / (c["prepare_flops"] + args.steps *
                                                                             c["step_flops"])
     return {
-        "config": "sd15" if args.sd15 else "tiny", "latent": n, "frames": f, "steps": args.steps, "cfg_branches": 2,
+        "config": args.unet, "latent": n, "frames": f, "steps": args.steps, "cfg_branches": 2,
         "unet_params": int(sum(x.size for x in jax.tree_util.tree_leaves(params["unet"]))),
         "cached": rows["cached"], "joint": rows["joint"], "speedup_cached_vs_joint": ratio,
         "speedup_paired_median": statistics.median(paired),
@@ -127,18 +134,21 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sd15", action="store_true", help="SD-1.5 UNet shapes (random weights)")
+    p.add_argument("--unet", choices=tuple(UNETS), default="tiny", help="UNet shapes (random weights)")
+    p.add_argument("--sd15", action="store_true", help="the same as --unet sd15")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--latent", type=int, default=16, help="latent side (SD-1.5 at 512 px: 64)")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/sampler_<backend>.json)")
+    p.add_argument("--key", default="", help="entry in the JSON (default: the UNet's name)")
     args = p.parse_args(argv)
+    args.unet = "sd15" if args.sd15 else args.unet
     result = run(args)
     backend = jax.default_backend()
     result["machine"] = results_io.machine()
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"sampler_{backend}.json")
-    results_io.merge_into(out, result["config"], result)
+    results_io.merge_into(out, args.key or result["config"], result)
     c, j = result["cached"], result["joint"]
     print(f"{result['config']}: cached {c['seconds_per_frame']:.4f} s/frame, joint {j['seconds_per_frame']:.4f} "
           f"s/frame, speedup {result['speedup_cached_vs_joint']:.2f}x (paired median "

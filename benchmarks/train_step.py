@@ -120,8 +120,11 @@ def release_freed_memory() -> None:
         pass
 
 
-def build(config, workdir, encoders=None, allocate: bool = True) -> dict:
-    """The compiled step, compile seconds and step FLOPs; with `allocate`, also state, frozen, batch and rng."""
+def build(config, workdir, encoders=None, allocate: bool = True, count_flops: bool = True) -> dict:
+    """The compiled step, compile seconds and step FLOPs; with `allocate`, also state, frozen, batch and rng.
+
+    `count_flops=False` leaves out the FLOP count (`flops` None): lowering the whole step once more holds a second
+    copy of it in memory, which the trainer never does, so a process that measures its peak RSS skips it."""
     from humandiff.training import checkpoint, input as train_input, modeling, runtime, sharding, state as state_lib
 
     mesh = sharding.make_mesh(config)
@@ -133,7 +136,8 @@ def build(config, workdir, encoders=None, allocate: bool = True) -> dict:
     t = time.perf_counter()
     compiled = state_lib.compile_step(config, models, mesh, state_shapes, frozen_shapes, state_sh, frozen_sh, local)
     compile_s = time.perf_counter() - t
-    built = {"compiled": compiled, "compile_s": compile_s, "flops": step_flops(config, encoders, mesh, local)}
+    flops = step_flops(config, encoders, mesh, local) if count_flops else None
+    built = {"compiled": compiled, "compile_s": compile_s, "flops": flops}
     if allocate:
         release_freed_memory()  # the compiler's heap: 1.7 GB for SD-1.5
         ckpt = checkpoint.Checkpointer(workdir, 10 ** 9, 1, async_save=False)

@@ -63,7 +63,7 @@ def _full(q, k, v, impl, config):
         return cudnn.full_or_xla(q, k, v, config.xla_query_chunk)
     if impl in ("splash", "interpret"):
         return splash.attend(q, k, v, n_ref_keys=0, ref_keep=None, config=config, interpret=impl == "interpret")
-    return xla.dpa(q, k, v, chunk=config.xla_query_chunk)
+    return xla.dpa(q, k, v, chunk=config.xla_query_chunk, block=config.key_block(jax.default_backend()))
 
 
 def attention(
@@ -106,7 +106,8 @@ def attention(
     if impl in ("splash", "interpret"):
         return splash.joint(q, k, v, n_ref=n_ref, causal=causal, ref_keep=ref_keep, config=config,
                             interpret=impl == "interpret")
-    return xla.joint(q, k, v, n_ref=n_ref, causal=causal, ref_keep=ref_keep, chunk=config.xla_query_chunk)
+    return xla.joint(q, k, v, n_ref=n_ref, causal=causal, ref_keep=ref_keep, chunk=config.xla_query_chunk,
+                     block=config.key_block(jax.default_backend()))
 
 
 def attention_cached(
@@ -148,4 +149,5 @@ def attention_cached(
         return cudnn.cached_or_xla(q, k, v, k_ref, v_ref, ref_keep=ref_keep, chunk=config.xla_query_chunk)
     if impl in ("splash", "interpret"):
         return splash.cached(q, k, v, k_ref, v_ref, ref_keep=ref_keep, config=config, interpret=impl == "interpret")
-    return xla.cached(q, k, v, k_ref, v_ref, ref_keep=ref_keep, chunk=config.xla_query_chunk)
+    return xla.cached(q, k, v, k_ref, v_ref, ref_keep=ref_keep, chunk=config.xla_query_chunk,
+                      block=config.key_block(jax.default_backend()))

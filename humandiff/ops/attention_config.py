@@ -12,6 +12,7 @@ import dataclasses
 from jax.sharding import Mesh
 
 SPLASH_VARIANTS = ("fused", "two_pass")
+CPU_KEY_BLOCK = 512  # `xla_key_block=None` on the CPU backend (512 and 256 ran alike, docs/results.md)
 MIN_BLOCK = 128  # TPU lane width: splash kv-compute blocks must be multiples of it; we apply it to every block.
 
 
@@ -40,6 +41,11 @@ class AttentionConfig:
       xla_query_chunk: the XLA path (and cuDNN's fallback to it) runs layers with more queries than this in chunks
         of this many queries, one after another, each rematerialised in the backward pass: scores held at once are
         `chunk x keys` per head (see `attention_xla`). 0 = all queries at once.
+      xla_key_block: the XLA path runs layers with more keys than this as blocked online-softmax attention over key
+        blocks of this many tokens (`attention_blocked`: no `queries x keys` scores, forward or backward). 0 = off
+        (`jax.nn.dot_product_attention`); None = `CPU_KEY_BLOCK` on the CPU backend and off elsewhere (on XLA:CPU
+        the blocked form ran a 34 M-parameter UNet's train step 2.6x as fast in a third of the temporaries,
+        docs/results.md; on GPU/TPU it is unmeasured, and there long sequences go to cuDNN / splash anyway).
     """
 
     min_seq_len_tpu: int = 4096
@@ -61,14 +67,15 @@ class AttentionConfig:
     shard_head_axis: str | None = None
     mesh: Mesh | None = None
     xla_query_chunk: int = 1024
+    xla_key_block: int | None = None
 
     def __post_init__(self):
         if self.splash_variant not in SPLASH_VARIANTS:
             raise ValueError(
                 f"AttentionConfig.splash_variant={self.splash_variant!r}; expected one of {SPLASH_VARIANTS}"
             )
-        for name in ("min_seq_len_tpu", "min_seq_len_gpu", "head_multiple", "xla_query_chunk"):
-            if getattr(self, name) < 0:
+        for name in ("min_seq_len_tpu", "min_seq_len_gpu", "head_multiple", "xla_query_chunk", "xla_key_block"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"AttentionConfig.{name}={getattr(self, name)} must be >= 0")
         for name, value in self.blocks().items():
             if value <= 0 or value % MIN_BLOCK:
@@ -85,6 +92,12 @@ class AttentionConfig:
         if not self.fused_bwd:
             names += ["block_q_dq", "block_kv_dq"]
         return {name: getattr(self, name) for name in names}
+
+    def key_block(self, backend: str) -> int:
+        """`xla_key_block` resolved for a backend (None: `CPU_KEY_BLOCK` on "cpu", else 0)."""
+        if self.xla_key_block is not None:
+            return self.xla_key_block
+        return CPU_KEY_BLOCK if backend == "cpu" else 0
 
     def replace(self, **changes) -> AttentionConfig:
         """A copy with some fields changed (validated again)."""

@@ -9,6 +9,10 @@ chunks of `chunk` tokens one after another (`lax.map`), each rematerialised in t
 at once are `chunk x keys` per head instead of `queries x keys`. Rows of softmax attention are independent, so the
 result is the same. SD-1.5's 64x64 latent level has 4096 target queries against 8192 keys: its train step at 512x512
 (bf16, batch 1, no EMA) needs 36.3 GB of XLA:CPU temporaries with all queries at once, 12.5 GB in 1024-query chunks.
+
+With `block` (`AttentionConfig.xla_key_block`) > 0, layers with more keys than that run the blocked online-softmax
+attention of `attention_blocked` instead of `jax.nn.dot_product_attention` (the cached form then repeats the cache's
+K/V over the entries that share it: keys, not scores).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from humandiff.ops.attention_blocked import blocked_attention
 
 
 def key_mask(ref_keep: jax.Array | None, n_ref: int, n_keys: int) -> jax.Array | None:
@@ -43,38 +49,44 @@ def in_query_chunks(fn: Callable[[jax.Array], jax.Array], q: jax.Array, chunk: i
     return out.swapaxes(0, 1).reshape(q.shape[0], n * chunk, *out.shape[3:])[:, :length]
 
 
-def dpa(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, chunk: int = 0) -> jax.Array:
-    """Plain softmax attention, `[B, L, H, D]`, with an optional boolean key mask `[B, 1, 1, keys]`."""
+def dpa(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, chunk: int = 0,
+        block: int = 0) -> jax.Array:
+    """Plain softmax attention, `[B, L, H, D]`, with an optional boolean key mask `[B, 1, 1, keys]`; blocked over
+    keys when `block` is nonzero and smaller than the number of keys."""
+    if block and k.shape[1] > block:
+        keep = None if mask is None else mask[:, 0, 0, :]
+        return in_query_chunks(lambda qc: blocked_attention(qc, k, v, keep, block), q, chunk)
     return in_query_chunks(lambda qc: jax.nn.dot_product_attention(qc, k, v, mask=mask, implementation="xla"),
                            q, chunk)
 
 
 def joint(q: jax.Array, k: jax.Array, v: jax.Array, *, n_ref: int, causal: bool,
-          ref_keep: jax.Array | None, chunk: int = 0) -> jax.Array:
+          ref_keep: jax.Array | None, chunk: int = 0, block: int = 0) -> jax.Array:
     """Joint `[ref ; tgt]` attention (arguments as `humandiff.ops.attention.attention`; 0 < n_ref < L)."""
     length = q.shape[1]
     if not causal:
         if ref_keep is None:
-            return dpa(q, k, v, chunk=chunk)
+            return dpa(q, k, v, chunk=chunk, block=block)
         # A dropped reference is invisible to the target; reference rows still see everything (unused then).
-        tgt = dpa(q[:, n_ref:], k, v, key_mask(ref_keep, n_ref, length), chunk)
-        return jnp.concatenate([dpa(q[:, :n_ref], k, v, chunk=chunk), tgt], axis=1)
+        tgt = dpa(q[:, n_ref:], k, v, key_mask(ref_keep, n_ref, length), chunk, block)
+        return jnp.concatenate([dpa(q[:, :n_ref], k, v, chunk=chunk, block=block), tgt], axis=1)
     # Causal: two passes, no wasted FLOPs. Pass A: reference against reference; pass B: target against all.
-    ref = dpa(q[:, :n_ref], k[:, :n_ref], v[:, :n_ref], chunk=chunk)
-    tgt = dpa(q[:, n_ref:], k, v, key_mask(ref_keep, n_ref, length), chunk)
+    ref = dpa(q[:, :n_ref], k[:, :n_ref], v[:, :n_ref], chunk=chunk, block=block)
+    tgt = dpa(q[:, n_ref:], k, v, key_mask(ref_keep, n_ref, length), chunk, block)
     return jnp.concatenate([ref, tgt], axis=1)
 
 
 def cached(q: jax.Array, k: jax.Array, v: jax.Array, k_ref: jax.Array, v_ref: jax.Array, *,
-           ref_keep: jax.Array | None, chunk: int = 0) -> jax.Array:
+           ref_keep: jax.Array | None, chunk: int = 0, block: int = 0) -> jax.Array:
     """Target pass against a broadcast reference cache (arguments as `attention.attention_cached`, validated)."""
     bt, lt, h, d = q.shape
     br, lr = k_ref.shape[:2]
     m = bt // br
-    if m == 1:
-        keys = jnp.concatenate([k_ref.astype(k.dtype), k], axis=1)
-        values = jnp.concatenate([v_ref.astype(v.dtype), v], axis=1)
-        return dpa(q, keys, values, key_mask(ref_keep, lr, lr + lt), chunk)
+    blocked = block and lr + lt > block
+    if m == 1 or blocked:  # blocked: the cache's K/V are repeated over the m entries (keys, not scores)
+        keys = jnp.concatenate([jnp.repeat(k_ref.astype(k.dtype), m, axis=0), k], axis=1)
+        values = jnp.concatenate([jnp.repeat(v_ref.astype(v.dtype), m, axis=0), v], axis=1)
+        return dpa(q, keys, values, key_mask(ref_keep, lr, lr + lt), chunk, block)
     # Broadcast the cache over the m entries that share it, without materialising m copies of it.
     kg, vg = k.reshape(br, m, lt, h, d), v.reshape(br, m, lt, h, d)
     keep = None if ref_keep is None else jnp.asarray(ref_keep, bool).reshape(br, m, 1, 1, 1)
