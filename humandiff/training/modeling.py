@@ -20,6 +20,12 @@ from humandiff.models.scd import Models
 from humandiff.training import sharding
 
 
+def reference_net(config) -> str:
+    """`config.model.reference_net` ("shared" | "separate"); "shared" for the config.json of a run from before the
+    switch existed, so older workdirs still load."""
+    return config.model.get("reference_net", "shared")
+
+
 def compute_dtype(config) -> jnp.dtype:
     """The activation dtype `config.train.compute_dtype` names (parameters stay float32)."""
     return jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else jnp.float32
@@ -50,7 +56,7 @@ def build(config, *, vae: nn.Module | None = None,
     if m.unet_dir:
         from humandiff.weights.diffusers import load_unet
         unet, pretrained["unet"] = load_unet(m.unet_dir, motion_adapter=m.motion_modules_path or None, **scd)
-        if m.reference_net == "separate":  # the reference UNet starts from the same weights
+        if reference_net(config) == "separate":  # the reference UNet starts from the same weights
             pretrained["reference_unet"] = reference_init(pretrained["unet"])
     else:
         unet = UNet2DConditionModel(**_plain(m.unet), **scd)
@@ -105,7 +111,7 @@ def init_params(models: Models, config, rng: jax.Array) -> dict[str, Any]:
         "unet": models.unet.init(k_unet, x["latent"], jnp.zeros((1,), jnp.int32), x["context"])["params"],
         "pose_encoder": models.pose_encoder.init(k_pose, x["pose"])["params"],
     }
-    if config.model.reference_net == "separate":
+    if reference_net(config) == "separate":
         params["reference_unet"] = reference_init(params["unet"])
     if models.vae is not None:
         params["vae"] = models.vae.init(k_vae, x["image"], method=models.vae.encode)["params"]

@@ -102,7 +102,7 @@ def build_state(config, models, pretrained, mesh, ckpt, data_iter) -> tuple[Any,
         state["params"] = _overlay(state["params"], {name: tree}, name)
         frozen = _overlay(frozen, {name: tree}, name)
     if config.model.init_checkpoint:  # an earlier stage's parameters win over the pretrained folders
-        loaded = _load_init_checkpoint(config.model.init_checkpoint, config.model.reference_net)
+        loaded = _load_init_checkpoint(config.model.init_checkpoint, modeling.reference_net(config))
         source = f"config.model.init_checkpoint={config.model.init_checkpoint!r}"
         state["params"] = _overlay(state["params"], loaded, source)
         frozen = _overlay(frozen, loaded, source)

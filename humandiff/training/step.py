@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from humandiff.diffusion import losses, schedules
 from humandiff.models import scd
 from humandiff.models.scd import Models
-from humandiff.training import optim
+from humandiff.training import modeling, optim
 
 State = dict[str, Any]
 
@@ -72,9 +72,9 @@ def predict_target(models: Models, config, params: Any, batch: dict, z_ref: jax.
     Returns:
       `[B*F, h, w, C]` model output for the target entries.
     """
-    separate = config.model.reference_net == "separate"
+    separate = modeling.reference_net(config) == "separate"
     if separate != ("reference_unet" in params):
-        raise ValueError(f"config.model.reference_net={config.model.reference_net!r} but the parameters "
+        raise ValueError(f"config.model.reference_net={modeling.reference_net(config)!r} but the parameters "
                          f"{'lack' if separate else 'have'} a reference_unet")
     b = z_ref.shape[0]
     frames = z_t.shape[0] // b

@@ -97,3 +97,18 @@ def test_samples_from_the_workdir_and_in_pytorch_with_its_own_reference_unet(sep
     assert err <= 1e-4
     pipe.reference_unet = None  # the shared UNet in the reference pass instead: another video
     assert np.abs(run() - torch_frames).max() > 1e-2
+
+
+def test_a_workdir_from_before_the_switch_loads_as_shared(tiny_ckpt, tmp_path):
+    """A run's config.json written before `model.reference_net` existed: the model loads with the shared UNet."""
+    import shutil  # noqa: PLC0415
+
+    workdir = str(tmp_path / "old_run")
+    shutil.copytree(tiny_ckpt[0], workdir)
+    path = os.path.join(workdir, "config.json")
+    config = json.load(open(path, encoding="utf-8"))
+    del config["model"]["reference_net"]
+    json.dump(config, open(path, "w", encoding="utf-8"))
+    loaded = loading.load_trained(workdir)
+    assert "reference_unet" not in loaded.params
+    assert modeling.count_params(loaded.params) == modeling.count_params(tiny_ckpt[4])
