@@ -30,7 +30,6 @@ otherwise wait on each other (one 2-thread torch step took 24-34 s under load, 3
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import statistics
@@ -348,16 +347,6 @@ def check_params(runs: dict) -> dict:
             "torch_total_two_unets_plus_guider": runs["torch"][0]["params_total"], "relative_difference": rel}
 
 
-def _override(text: str) -> tuple[str, object]:
-    key, sep, raw = text.partition("=")
-    if not sep:
-        raise SystemExit(f"--set {text!r}: expected KEY=VALUE")
-    try:
-        return key, ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return key, raw
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=3, help="rounds of alternated processes (torch, humandiff, variants)")
@@ -379,13 +368,16 @@ def main(argv=None) -> int:
     p.add_argument("--child_out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        overrides = humandiff_overrides(dict(_override(s) for s in args.set))
-        if args.child == "torch":
+        if args.child == "torch":  # imports no JAX: its peak RSS is torch's alone
             row = _torch_side(args.steps, args.warmup, args.torch_threads)
-        elif args.child == "humandiff":
-            row = _humandiff_side(args.steps, args.warmup, overrides, args.key_block)
         else:
-            row = _humandiff_flops(overrides, args.key_block)
+            from train_step import _override  # noqa: PLC0415  (benchmarks/train_step.py: --set KEY=VALUE)
+
+            overrides = humandiff_overrides(dict(_override(s) for s in args.set))
+            if args.child == "humandiff":
+                row = _humandiff_side(args.steps, args.warmup, overrides, args.key_block)
+            else:
+                row = _humandiff_flops(overrides, args.key_block)
         with open(args.child_out, "w", encoding="utf-8") as fh:
             json.dump(row, fh)
         return 0
