@@ -8,6 +8,7 @@ spatial parameters at the start (the reference pass runs no motion modules).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -79,11 +80,11 @@ def build(config, *, vae: nn.Module | None = None,
 
 def reference_init(unet_params: dict) -> dict:
     """The separate reference UNet's starting parameters: the UNet's own, without motion modules (the reference
-    pass is one image and runs none): the spatial half of `checkpoints.export.split_motion`. The same leaves (not
-    copies): `jit` outputs and device puts copy them."""
-    from humandiff.checkpoints.export import split_motion  # noqa: PLC0415
-
-    return split_motion(unet_params)[0]
+    pass is one image and runs none). The same leaves (not copies): `jit` outputs and device puts copy them."""
+    def drop(tree):
+        return {k: drop(v) if isinstance(v, Mapping) else v for k, v in tree.items()
+                if not k.startswith("motion_modules_")}
+    return drop(unet_params)
 
 
 def _plain(cd) -> dict:
