@@ -3,6 +3,7 @@
     PYTHONPATH=. python benchmarks/ablations.py --root runs/ablations                 # the whole grid, 3 seeds
     PYTHONPATH=. python benchmarks/ablations.py --root runs/ablations --arms separate --seeds 0,1,2
     PYTHONPATH=. python benchmarks/ablations.py --root runs/ablations --report        # table and plot only
+    PYTHONPATH=. python benchmarks/ablations.py --root runs/ablations_reframed --data reframed
 
 Arms (all `configs/demo.py`, synthetic figures, pixel space, the same step budget):
 
@@ -11,6 +12,11 @@ Arms (all `configs/demo.py`, synthetic figures, pixel space, the same step budge
 - `full_refpose`, `full_noref`: full interaction (the reference also sees the target; trained in the joint form);
 - `separate`: causal with reference pose, but the reference pass runs its own copy of the UNet
   (`model.reference_net="separate"`, the ReferenceNet of Animate Anyone inside the same code).
+
+Data (`--data`): `same_framing`, the synthetic set as shipped (the reference is a frame of the target's video,
+cropped as the target); `reframed`, the reference cropped on its own (`data.reference_crop_scale=(0.7, 0.9)`: another
+camera distance and offset than the target's, in training and in the held-out evaluation), so that no pixel of the
+reference sits where the target's does and it must be read by content.
 
 Each run is one `python -m humandiff.train` process (its command is stored with its row); its wall time and peak
 RSS come from `os.wait4`. A finished run is not trained again: its record (`<workdir>/ablation_run.json`) is reused.
@@ -45,26 +51,30 @@ ARMS = {  # name -> (config argument, extra overrides)
     "full_noref": (DEMO + ":interaction=full,use_ref_pose=false", ()),
     "separate": (DEMO, ("--config.model.reference_net=separate",)),
 }
+DATA = {  # name -> overrides of the data config
+    "same_framing": (),
+    "reframed": ("--config.data.reference_crop_scale=(0.7,0.9)",),
+}
 BASELINE = "causal_refpose"
-METRICS = ("psnr_scd", "ssim_scd", "l1_scd", "loss")
+METRICS = ("psnr_scd", "ssim_scd", "l1_scd", "loss", "psnr_no_ref", "psnr_copy_ref")
 
 
-def command(arm: str, seed: int, workdir: str, steps: int, every: int) -> list[str]:
+def command(arm: str, seed: int, workdir: str, steps: int, every: int, data: str = "same_framing") -> list[str]:
     """The `humandiff.train` command line of one run."""
     config, extra = ARMS[arm]
     return ["python", "-m", "humandiff.train", f"--config={config}", f"--workdir={workdir}", f"--config.seed={seed}",
             f"--config.total_steps={steps}", f"--config.optim.decay_steps={steps // 3}",
-            "--config.evals.heldout.every=0", f"--config.evals.loss.every={every}", *extra]
+            "--config.evals.heldout.every=0", f"--config.evals.loss.every={every}", *extra, *DATA[data]]
 
 
-def train(arm: str, seed: int, root: str, steps: int, every: int) -> dict:
+def train(arm: str, seed: int, root: str, steps: int, every: int, data: str = "same_framing") -> dict:
     """Trains one run (or reads the record of a finished one): command, wall seconds, peak RSS."""
     workdir = os.path.join(root, arm, f"seed{seed}")
     record_path = os.path.join(workdir, "ablation_run.json")
     if os.path.isfile(record_path):
         with open(record_path, encoding="utf-8") as fh:
             return json.load(fh)
-    argv = command(arm, seed, workdir, steps, every)
+    argv = command(arm, seed, workdir, steps, every, data)
     print(f"[{time.strftime('%H:%M:%S')}] {arm} seed {seed}: {shlex.join(argv)}", flush=True)
     log_path = workdir + ".log"  # beside the workdir: the trainer owns the workdir
     os.makedirs(os.path.dirname(workdir), exist_ok=True)
@@ -78,7 +88,7 @@ def train(arm: str, seed: int, root: str, steps: int, every: int) -> dict:
             tail = fh.read()[-3000:]
         raise SystemExit(f"error: {arm} seed {seed} failed (exit {code}), log {log_path}:\n{tail}")
     record = {"arm": arm, "seed": seed, "command": shlex.join(argv), "wall_s": round(time.perf_counter() - t0, 1),
-              "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "steps": steps}
+              "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "steps": steps, "data": data}
     with open(record_path, "w", encoding="utf-8") as fh:
         json.dump(record, fh, indent=1)
     return record
@@ -156,15 +166,16 @@ def _stat(values: list[float]) -> dict:
 
 def table(arms: dict) -> str:
     """Markdown: final-step metrics (mean +- SE over seeds), the difference to the baseline, and the costs."""
-    lines = ["| arm | held-out PSNR (dB) | SSIM | L1 | held-out loss | PSNR vs causal_refpose | params | s / run | "
-             "peak RSS (MB) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | held-out PSNR (dB) | SSIM | L1 | held-out loss | PSNR vs causal_refpose | PSNR without the "
+             "reference / copying it | params | s / run | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for arm, a in arms.items():
         final = a["curve"][max(a["curve"])]
         cell = lambda m, f: (f"{final[m]['mean']:{f}} ± {final[m]['se']:{f}}" if m in final else "-")  # noqa: E731
         vs = a.get("vs_" + BASELINE, {}).get("psnr_scd")
         diff = "-" if vs is None else f"{vs['diff']:+.2f} ± {vs['se']:.2f}{' (> 2 SE)' if vs['beyond_2se'] else ''}"
         lines.append(f"| {arm} | {cell('psnr_scd', '.2f')} | {cell('ssim_scd', '.3f')} | {cell('l1_scd', '.4f')} | "
-                     f"{cell('loss', '.4f')} | {diff} | {a['params']:,} | {a['wall_s']['mean']:.0f} | "
+                     f"{cell('loss', '.4f')} | {diff} | {cell('psnr_no_ref', '.2f')} / {cell('psnr_copy_ref', '.2f')} | "
+                     f"{a['params']:,} | {a['wall_s']['mean']:.0f} | "
                      f"{a['peak_rss_mb']['mean']:.0f} |")
     return "\n".join(lines)
 
@@ -211,6 +222,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--steps", type=int, default=600, help="optimizer steps per run")
     p.add_argument("--every", type=int, default=100, help="steps between held-out loss evaluations")
+    p.add_argument("--data", default="same_framing", choices=tuple(DATA), help="the synthetic set's variant")
     p.add_argument("--report", action="store_true", help="only summarize finished runs")
     p.add_argument("--out", default="benchmarks/results/ablations_cpu.json")
     p.add_argument("--plot", default="", help="PNG of the held-out loss against step (e.g. docs/ablations.png)")
@@ -225,14 +237,18 @@ def main() -> None:
             workdir = os.path.join(args.root, arm, f"seed{seed}")
             if args.report and not os.path.isfile(os.path.join(workdir, "ablation_run.json")):
                 continue
-            record = train(arm, seed, args.root, args.steps, args.every)
+            record = train(arm, seed, args.root, args.steps, args.every, args.data)
+            if record.get("data", "same_framing") != args.data:
+                raise SystemExit(f"error: {workdir} was trained on data {record.get('data', 'same_framing')!r}, "
+                                 f"not {args.data!r}; use another --root")
             record["scores"] = scores(workdir)
             record["params"] = param_count(workdir)
             runs.append(record)
     if not runs:
         raise SystemExit(f"error: no finished runs under {args.root}")
     arms_summary = summarize(runs)
-    results_io.merge_into(args.out, f"steps{args.steps}", {"machine": results_io.machine(), "arms": arms_summary})
+    key = f"steps{args.steps}" if args.data == "same_framing" else f"{args.data}_steps{args.steps}"
+    results_io.merge_into(args.out, key, {"machine": results_io.machine(), "arms": arms_summary})
     print(table(arms_summary))
     if args.plot:
         plot(arms_summary, args.plot)

@@ -59,6 +59,7 @@ def base(interaction: str, use_ref_pose: bool, form: str) -> ml_collections.Conf
     c.data.drop_prob = 0.1  # condition dropout: no reference and zero image embedding (for CFG)
     c.data.flip = True  # random horizontal flip, shared by frame, pose and reference
     c.data.crop_scale = (0.9, 1.0)  # random crop side as a fraction of the largest box of the output aspect
+    c.data.reference_crop_scale = ()  # () = the reference framed as its target; (min, max) = its own random crop
     c.data.clip_size = 224  # CLIP input side, pixels (only used with an image encoder)
     c.data.score_threshold = 0.3  # keypoints with score <= this are not drawn
     c.data.skip_short = False  # skip (True) or reject (False) videos too short for the sampling

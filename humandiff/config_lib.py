@@ -392,6 +392,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         travel = config.data.synthetic.travel
         if not 0.0 <= travel <= MAX_TRAVEL:
             _fail("data.synthetic.travel", travel, f"must be in [0, {MAX_TRAVEL}] (a fraction of the frame width)")
+    from humandiff.data.loader import reference_crop_problem  # noqa: PLC0415
+
+    why = reference_crop_problem(config.data.get("reference_crop_scale", ()), config.task)
+    if why:
+        _fail("data.reference_crop_scale", tuple(config.data.reference_crop_scale), why)
     if config.data.source == "tfds" and not config.data.data_dir:
         _fail("data.data_dir", config.data.data_dir, "data.source='tfds' needs the folder data_pipelines.build wrote")
     if config.data.source == "tfds":

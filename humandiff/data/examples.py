@@ -4,6 +4,8 @@ Image stage: reference and target frames from the same video, at least `min_marg
 Video stage: `num_frames` frames `stride` apart plus a reference frame from anywhere in the video.
 Try-on: garment as reference, person as target, agnostic mask as `tryon_mask`.
 Held-out (the trainer's evaluations): `held_out_video` makes a fixed example of a video record.
+With `reference_crop_scale` set, the image and video stages frame the reference with its own crop (another camera
+distance and offset than the targets'), and its pose follows that crop.
 Each op draws everything random from the per-example generator grain passes in, so an example depends
 only on (seed, index) and a restored iterator reproduces it exactly.
 """
@@ -11,6 +13,7 @@ only on (seed, index) and a restored iterator reproduces it exactly.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,7 @@ class ExampleOptions:
     flip_prob: float = 0.5
     crop_scale: tuple[float, float] = (1.0, 1.0)
     crop_mode: str = "fill"
+    reference_crop_scale: tuple[float, ...] = ()
     clip_size: int = 224
     score_threshold: float = 0.3
     skip_short: bool = False
@@ -55,6 +59,16 @@ def _frames_and_keypoints(record: dict[str, Any]) -> tuple[Any, Any, str]:
     if len(kp) != len(frames):
         raise ValueError(f"video {vid}: {len(kp)} keypoint frames for {len(frames)} frames")
     return frames, kp, vid
+
+
+def _reference_geometry(rng: np.random.Generator, g: transforms.Geometry, src_h: int, src_w: int,
+                        o: ExampleOptions) -> transforms.Geometry:
+    """The reference's framing: the targets' `g`, or (with `reference_crop_scale`) a box of its own, same flip."""
+    if not o.reference_crop_scale:
+        return g
+    own = transforms.sample_geometry(rng, src_h, src_w, o.height, o.width, tuple(o.reference_crop_scale), 0.0,
+                                     o.crop_mode)
+    return dataclasses.replace(own, flip=g.flip)
 
 
 def _frame_keypoints(kp: Any, i: int, vid: str) -> np.ndarray:
@@ -97,10 +111,11 @@ class VideoExampleOp:
         src_w, src_h = ref_img.size
         g = transforms.sample_geometry(rng, src_h, src_w, o.height, o.width, o.crop_scale, o.flip_prob,
                                        o.crop_mode)
-        ref = transforms.apply_geometry(ref_img, g)
+        g_ref = _reference_geometry(rng, g, src_h, src_w, o)
+        ref = transforms.apply_geometry(ref_img, g_ref)
         tgt_images, tgt_poses = [], []
         for i in tgt_idx:
-            if i == ref_idx:
+            if i == ref_idx and g_ref is g:
                 out = ref
             else:
                 img = transforms.open_frame(frames[i])
@@ -112,7 +127,7 @@ class VideoExampleOp:
             tgt_poses.append(_render(kp_i, o.height, o.width, o.score_threshold))
         example = {
             "ref_image": transforms.to_signed_float(ref),
-            "ref_pose": _render(transforms.transform_keypoints(_frame_keypoints(kp, ref_idx, vid), g),
+            "ref_pose": _render(transforms.transform_keypoints(_frame_keypoints(kp, ref_idx, vid), g_ref),
                                 o.height, o.width, o.score_threshold),
             "tgt_image": np.stack(tgt_images) if o.stage == "video" else tgt_images[0],
             "tgt_pose": np.stack(tgt_poses) if o.stage == "video" else tgt_poses[0],
@@ -124,7 +139,9 @@ class VideoExampleOp:
 
 def held_out_video(record: dict[str, Any], options: ExampleOptions, num_frames: int) -> dict[str, np.ndarray]:
     """A fixed evaluation example of a video record: frame 0 is the reference, `num_frames` targets spread evenly
-    over the rest (so the reference is rarely a good copy of them), the whole frame centred, no flip.
+    over the rest (so the reference is rarely a good copy of them), the whole frame centred, no flip. With
+    `reference_crop_scale` the reference has its own crop, drawn as in training from a generator seeded by the
+    video's name (the same every time).
 
     Returns:
         `ref_image [H,W,3]`, `ref_pose [H,W,3]`, `tgt_image [F,H,W,3]`, `tgt_pose [F,H,W,3]` (as the ops above).
@@ -143,14 +160,15 @@ def held_out_video(record: dict[str, Any], options: ExampleOptions, num_frames: 
     whole = transforms.sample_geometry(np.random.default_rng(0), src_h, src_w, o.height, o.width, (1.0, 1.0), 0.0,
                                        o.crop_mode)
     g = dataclasses.replace(whole, x0=(src_w - whole.box_w) / 2, y0=(src_h - whole.box_h) / 2)
+    g_ref = _reference_geometry(np.random.default_rng(zlib.crc32(str(vid).encode())), g, src_h, src_w, o)
 
-    def one(i: int) -> tuple[np.ndarray, np.ndarray]:
-        image = transforms.apply_geometry(ref_img if i == 0 else transforms.open_frame(frames[i]), g)
-        pose = _render(transforms.transform_keypoints(_frame_keypoints(kp, i, vid), g), o.height, o.width,
+    def one(i: int, geometry: transforms.Geometry = g) -> tuple[np.ndarray, np.ndarray]:
+        image = transforms.apply_geometry(ref_img if i == 0 else transforms.open_frame(frames[i]), geometry)
+        pose = _render(transforms.transform_keypoints(_frame_keypoints(kp, i, vid), geometry), o.height, o.width,
                        o.score_threshold)
         return transforms.to_signed_float(image), pose
 
-    ref_image, ref_pose = one(0)
+    ref_image, ref_pose = one(0, g_ref)
     targets = [one(1 + stride * t) for t in range(num_frames)]
     return {"ref_image": ref_image, "ref_pose": ref_pose, "tgt_image": np.stack([t[0] for t in targets]),
             "tgt_pose": np.stack([t[1] for t in targets])}

@@ -47,6 +47,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.flip = True  # random horizontal flip (p=0.5), the same for frame, pose and reference
     c.crop_scale = (0.9, 1.0)  # random box side, as a fraction of the base box (see crop_mode)
     c.crop_mode = "fill"  # "fill": crop the frame to the output aspect; "fit": keep all of it, letterboxed
+    c.reference_crop_scale = ()  # () = the reference is framed as its targets; (min, max): its own random box
+    # (another camera distance and offset; the same flip), side as in crop_scale; image and video stages
     c.clip_size = 224  # CLIP image encoder input size, pixels
     c.score_threshold = 0.3  # keypoints with score <= this are not drawn
     c.skip_short = False  # videos too short for the sampling: skip them (True) or raise (False)
@@ -107,6 +109,19 @@ def validate_config(config: ml_collections.ConfigDict, process_count: int = 1) -
     lo, hi = config.crop_scale
     if not 0.0 < lo <= hi <= 1.0:
         raise ValueError(f"data.crop_scale={tuple(config.crop_scale)} must satisfy 0 < min <= max <= 1")
+    why = reference_crop_problem(config.reference_crop_scale, config.stage)
+    if why:
+        raise ValueError(f"data.reference_crop_scale={tuple(config.reference_crop_scale)}: {why}")
+
+
+def reference_crop_problem(scale: tuple[float, ...], stage: str) -> str | None:
+    """Why `reference_crop_scale` cannot mean what it says for `stage`, or None when it can."""
+    scale = tuple(scale)
+    if scale and (len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0):
+        return "must be () or (min, max) with 0 < min <= max <= 1"
+    if scale and stage == "tryon":
+        return "the try-on stage shows the garment whole, uncropped; use () for the try-on stage"
+    return None
 
 
 def example_options(config: ml_collections.ConfigDict) -> examples.ExampleOptions:
@@ -114,7 +129,8 @@ def example_options(config: ml_collections.ConfigDict) -> examples.ExampleOption
     return examples.ExampleOptions(
         stage=config.stage, height=h, width=w, num_frames=config.num_frames, stride=config.stride,
         min_margin=config.min_margin, drop_prob=config.drop_prob, flip_prob=0.5 if config.flip else 0.0,
-        crop_scale=tuple(config.crop_scale), crop_mode=config.crop_mode, clip_size=config.clip_size,
+        crop_scale=tuple(config.crop_scale), crop_mode=config.crop_mode,
+        reference_crop_scale=tuple(config.reference_crop_scale), clip_size=config.clip_size,
         score_threshold=config.score_threshold, skip_short=config.skip_short)
 
 
