@@ -120,11 +120,43 @@ def release_freed_memory() -> None:
         pass
 
 
-def build(config, workdir, encoders=None, allocate: bool = True, count_flops: bool = True) -> dict:
+def resident_mb() -> dict:
+    """This process's resident set now (`rss`) and its peak since the last `end_phase` (`peak`), in MB (Linux
+    /proc/self/status; {} elsewhere)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            fields = dict(line.split(":", 1) for line in fh if line.startswith(("VmRSS", "VmHWM")))
+    except OSError:
+        return {}
+    return {"rss": int(fields["VmRSS"].split()[0]) / 1024, "peak": int(fields["VmHWM"].split()[0]) / 1024}
+
+
+def end_phase(phases: dict | None, name: str) -> None:
+    """Records `resident_mb()` as phase `name` of `phases` and restarts the peak count (Linux `clear_refs` 5), so the
+    next phase's peak is its own. It also resets `ru_maxrss`: the process's peak is then `max_phase_peak(phases)`."""
+    if phases is None:
+        return
+    phases[name] = resident_mb()
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def max_phase_peak(phases: dict) -> float:
+    """The process's peak RSS in MB over the phases recorded so far."""
+    return max((p.get("peak", 0.0) for p in phases.values()), default=0.0)
+
+
+def build(config, workdir, encoders=None, allocate: bool = True, count_flops: bool = True,
+          phases: dict | None = None) -> dict:
     """The compiled step, compile seconds and step FLOPs; with `allocate`, also state, frozen, batch and rng.
 
     `count_flops=False` leaves out the FLOP count (`flops` None): lowering the whole step once more holds a second
-    copy of it in memory, which the trainer never does, so a process that measures its peak RSS skips it."""
+    copy of it in memory, which the trainer never does, so a process that measures its peak RSS skips it. With
+    `phases` (a dict), each phase's RSS and own peak are recorded there (`end_phase`): "model" (modules, first
+    batch, abstract state), "compile" (lowering + XLA, or a load from the compilation cache), "trim", "state"."""
     from humandiff.training import checkpoint, input as train_input, modeling, runtime, sharding, state as state_lib
 
     mesh = sharding.make_mesh(config)
@@ -133,18 +165,22 @@ def build(config, workdir, encoders=None, allocate: bool = True, count_flops: bo
     local = next(it)
     # Compiled from shapes before the state exists: XLA's compile memory and the state's never add up.
     state_shapes, frozen_shapes, state_sh, frozen_sh = state_lib.abstract_state(config, models, mesh)
+    end_phase(phases, "model")
     t = time.perf_counter()
     compiled = state_lib.compile_step(config, models, mesh, state_shapes, frozen_shapes, state_sh, frozen_sh, local)
     compile_s = time.perf_counter() - t
+    end_phase(phases, "compile")
     flops = step_flops(config, encoders, mesh, local) if count_flops else None
     built = {"compiled": compiled, "compile_s": compile_s, "flops": flops}
     if allocate:
         release_freed_memory()  # the compiler's heap: 1.7 GB for SD-1.5
+        end_phase(phases, "trim")
         ckpt = checkpoint.Checkpointer(workdir, 10 ** 9, 1, async_save=False)
         built["state"], built["frozen"], *_ = state_lib.build_state(config, models, pretrained or {}, mesh, ckpt, it)
         ckpt.close()
         release_freed_memory()  # saving the frozen weights: 0.9 GB
         built.update(batch=train_input.to_global(local, mesh), rng=runtime.step_rng(0, 0, mesh))
+        end_phase(phases, "state")
     return built
 
 

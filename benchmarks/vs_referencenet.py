@@ -25,6 +25,13 @@ and `--xla_flags` extra XLA flags; `--variant NAME=ITEM;ITEM` adds further human
 variants are measured side by side by the same harness; `--key` names the run's entry in the JSON. `--cpus 0` pins
 every child to CPU 0 (torch then runs one thread): on a machine shared with other jobs, torch's OpenMP threads
 otherwise wait on each other (one 2-thread torch step took 24-34 s under load, 3.3 s pinned to one core).
+
+Where a humandiff process's memory goes: its row's `rss_phases` holds the resident set at the end of each phase and
+the phase's own peak (import, model, compile, trim, state, steps; `train_step.build`). `--compilation_cache DIR` (or
+the variant item `compilation_cache=DIR`) gives the humandiff side JAX's persistent compilation cache: the first
+process writes the step there, later ones load it instead of compiling (the row counts the cache's hits and misses);
+the item `compile_in_child=1` compiles in a separate compile-only process first, so that the timed one loads it.
+`--no_flops` skips the FLOP-count processes.
 """
 
 from __future__ import annotations
@@ -225,28 +232,68 @@ def _humandiff_config(overrides: dict, key_block: int | None):
     return config
 
 
-def _humandiff_side(steps: int, warmup: int, overrides: dict, key_block: int | None) -> dict:
+def _cache_events() -> dict:
+    """Counts of JAX's compilation-cache monitoring events in this process (hits, misses, ...), from now on."""
+    import jax
+
+    counts: dict = {}
+
+    def listen(event: str, **kwargs) -> None:
+        if event.startswith("/jax/compilation_cache/"):
+            name = event.rsplit("/", 1)[-1]
+            counts[name] = counts.get(name, 0) + 1
+
+    jax.monitoring.register_event_listener(listen)
+    return counts
+
+
+def _cache_row(cache_events: dict, entries_before: int | None) -> dict:
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
+    if not cache:
+        return {}
+    entries = len(os.listdir(cache)) if os.path.isdir(cache) else 0
+    return {"compilation_cache": {"dir": cache, "files_before": entries_before, "files_after": entries,
+                                  "events": dict(cache_events)}}
+
+
+def _humandiff_side(steps: int, warmup: int, overrides: dict, key_block: int | None, compile_only: bool = False
+                    ) -> dict:
     """Builds (compiles) and times humandiff's train step as the trainer runs it; returns the row (no FLOPs:
-    `_humandiff_flops` counts them in another process, so that this one's peak RSS is the trainer's)."""
+    `_humandiff_flops` counts them in another process, so that this one's peak RSS is the trainer's).
+
+    The row's `rss_phases` holds the resident set at the end of each phase and the phase's own peak, in MB: "import"
+    (Python, JAX, humandiff), then `train_step.build`'s phases, then "steps"; `peak_rss_mb_phases` is their maximum
+    (recording a phase resets the kernel's peak count, so the parent's `ru_maxrss` only sees the last phase).
+    `compile_only`: only compile (writing the compilation cache, if one is set), allocate and time nothing."""
     sys.path.insert(0, HERE)
     import jax
 
     from humandiff.training import modeling
     import train_step as bench  # benchmarks/train_step.py
 
+    phases: dict = {}
+    bench.end_phase(phases, "import")
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
+    entries_before = len(os.listdir(cache)) if cache and os.path.isdir(cache) else 0
+    events = _cache_events()
     config = _humandiff_config(overrides, key_block)
     with tempfile.TemporaryDirectory() as workdir:
-        f = bench.build(config, workdir, {"vae": _channel_pad()}, count_flops=False)
+        f = bench.build(config, workdir, {"vae": _channel_pad()}, allocate=not compile_only, count_flops=False,
+                        phases=phases)
+    common = {"compile_s": f["compile_s"], "xla_memory": bench._memory(f["compiled"]), "rss_phases": phases,
+              "key_block": key_block, "devices": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+              "jax": jax.__version__, **_cache_row(events, entries_before)}
+    if compile_only:
+        return dict(common, peak_rss_mb_phases=bench.max_phase_peak(phases))
     for _ in range(warmup):
         bench._step(f)
     times = [bench._step(f) for _ in range(steps)]
+    bench.end_phase(phases, "steps")
     params = f["state"]["params"]
-    return {"step_s": times, "compile_s": f["compile_s"], "executable_flops": bench._flops(f["compiled"]),
-            "xla_memory": bench._memory(f["compiled"]),
-            "params_one_unet_plus_pose": modeling.count_params(params["unet"]) +
-            modeling.count_params(params["pose_encoder"]),
-            "key_block": key_block, "devices": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "jax": jax.__version__}
+    return dict(common, step_s=times, executable_flops=bench._flops(f["compiled"]),
+                peak_rss_mb_phases=bench.max_phase_peak(phases),
+                params_one_unet_plus_pose=modeling.count_params(params["unet"]) +
+                modeling.count_params(params["pose_encoder"]))
 
 
 def _humandiff_flops(overrides: dict, key_block: int | None) -> dict:
@@ -272,13 +319,17 @@ def parse_variant(text: str) -> tuple[str, dict]:
     name, sep, items = text.partition("=")
     if not sep or not name:
         raise SystemExit(f"--variant {text!r}: expected NAME=ITEM;ITEM;...")
-    spec = {"set": [], "key_block": None, "xla_flags": ""}
+    spec = {"set": [], "key_block": None, "xla_flags": "", "compilation_cache": "", "compile_in_child": False}
     for item in filter(None, items.split(";")):
         key, _, value = item.partition("=")
         if key == "key_block":
             spec["key_block"] = int(value)
         elif key == "xla_flags":
             spec["xla_flags"] = value
+        elif key == "compilation_cache":
+            spec["compilation_cache"] = value
+        elif key == "compile_in_child":
+            spec["compile_in_child"] = value not in ("", "0", "false", "False")
         else:
             spec["set"].append(item)
     return name, spec
@@ -286,7 +337,13 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def run_child(side: str, spec: dict | None, args, mode: str = "") -> dict:
     """One side in a fresh process (`spec`: a humandiff variant, None for torch): its JSON row plus the child's peak
-    RSS and wall time. `mode` "humandiff_flops": only count the variant's FLOPs."""
+    RSS and wall time. `mode` "humandiff_flops": only count the variant's FLOPs; "humandiff_compile": only compile.
+    """
+    before = None
+    if spec is not None and spec.get("compile_in_child") and not mode:
+        if not spec.get("compilation_cache"):
+            raise SystemExit(f"{side}: compile_in_child needs compilation_cache=DIR")
+        before = run_child(side, spec, args, "humandiff_compile")
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = fh.name
     mode = mode or ("torch" if spec is None else "humandiff")
@@ -298,6 +355,9 @@ def run_child(side: str, spec: dict | None, args, mode: str = "") -> dict:
         cmd += [a for s in spec["set"] for a in ("--set", s)]
         if spec["xla_flags"]:
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {spec['xla_flags']}".strip()
+        if spec.get("compilation_cache"):  # every compile is cached (JAX's default skips those under 1 s)
+            env.update(JAX_COMPILATION_CACHE_DIR=os.path.abspath(spec["compilation_cache"]),
+                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     t0 = time.perf_counter()
     cpus = {int(c) for c in args.cpus.split(",")} if args.cpus else None
     proc = subprocess.Popen(cmd, env=env, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
@@ -308,7 +368,11 @@ def run_child(side: str, spec: dict | None, args, mode: str = "") -> dict:
     with open(out, encoding="utf-8") as fh:
         row = json.load(fh)
     os.unlink(out)
-    row.update(peak_rss_mb=usage.ru_maxrss / 1024, process_wall_s=wall, load_avg_after=os.getloadavg())
+    # A humandiff child resets the kernel's peak count per phase (train_step.end_phase): its own maximum counts too.
+    row.update(peak_rss_mb=max(usage.ru_maxrss / 1024, row.get("peak_rss_mb_phases", 0.0)), process_wall_s=wall,
+               load_avg_after=os.getloadavg())
+    if before is not None:
+        row["compile_child"] = before
     if "step_s" in row:
         row["median_step_s"] = statistics.median(row["step_s"])
         row["samples_per_s"] = BATCH / row["median_step_s"]
@@ -331,7 +395,8 @@ def summarise(runs: dict, flops: dict) -> dict:
             "step_time_over_torch_per_pair": [hr["median_step_s"] / tr["median_step_s"]
                                               for tr, hr in zip(runs["torch"], runs[side])],
             "compile_s": [r["compile_s"] for r in runs[side]],
-            "achieved_gflop_per_s": flops[side]["flops_per_step"] / h["median_step_s"] / 1e9,
+            "achieved_gflop_per_s": (flops[side]["flops_per_step"] / h["median_step_s"] / 1e9
+                                     if side in flops else None),
             "acceptance": {"samples_per_s_ge_1x": h["samples_per_s"] >= t["samples_per_s"],
                            "peak_rss_le_0.6x": h["peak_rss_mb"] <= 0.6 * t["peak_rss_mb"]}}
     return out
@@ -362,9 +427,13 @@ def main(argv=None) -> int:
                    help="another humandiff side in the alternation (see parse_variant); repeatable")
     p.add_argument("--no_torch", action="store_true", help="humandiff sides only (no ratios to torch)")
     p.add_argument("--cpus", default="", help="pin every child process to these CPUs, e.g. '0' ('' = no pinning)")
+    p.add_argument("--compilation_cache", default="",
+                   help="JAX persistent compilation cache folder of the humandiff side ('' = none)")
+    p.add_argument("--no_flops", action="store_true", help="skip the FLOP-count processes")
     p.add_argument("--key", default="default", help="entry of this run in the JSON")
     p.add_argument("--out", default=os.path.join(HERE, "results", "vs_referencenet_cpu.json"))
-    p.add_argument("--child", choices=("torch", "humandiff", "humandiff_flops"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("torch", "humandiff", "humandiff_flops", "humandiff_compile"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--child_out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -374,24 +443,28 @@ def main(argv=None) -> int:
             from train_step import _override  # noqa: PLC0415  (benchmarks/train_step.py: --set KEY=VALUE)
 
             overrides = humandiff_overrides(dict(_override(s) for s in args.set))
-            if args.child == "humandiff":
-                row = _humandiff_side(args.steps, args.warmup, overrides, args.key_block)
+            if args.child in ("humandiff", "humandiff_compile"):
+                row = _humandiff_side(args.steps, args.warmup, overrides, args.key_block,
+                                      compile_only=args.child == "humandiff_compile")
             else:
                 row = _humandiff_flops(overrides, args.key_block)
         with open(args.child_out, "w", encoding="utf-8") as fh:
             json.dump(row, fh)
         return 0
     sides = {} if args.no_torch else {"torch": None}
-    sides["humandiff"] = {"set": args.set, "key_block": args.key_block, "xla_flags": args.xla_flags}
+    sides["humandiff"] = {"set": args.set, "key_block": args.key_block, "xla_flags": args.xla_flags,
+                          "compilation_cache": args.compilation_cache, "compile_in_child": False}
     sides.update({f"humandiff:{name}": spec for name, spec in map(parse_variant, args.variant)})
     load_before = os.getloadavg()
-    flops = {side: run_child(side, spec, args, "humandiff_flops") for side, spec in sides.items() if spec is not None}
+    flops = {} if args.no_flops else {side: run_child(side, spec, args, "humandiff_flops")
+                                      for side, spec in sides.items() if spec is not None}
     runs = {side: [] for side in sides}
     for _ in range(args.pairs):
         for side, spec in sides.items():
             runs[side].append(run_child(side, spec, args))
-            print(f"{side}: {runs[side][-1]['median_step_s']:.3f} s/step, {runs[side][-1]['peak_rss_mb']:.0f} MB",
-                  file=sys.stderr)
+            row = runs[side][-1]
+            print(f"{side}: {row['median_step_s']:.3f} s/step, {row['peak_rss_mb']:.0f} MB, "
+                  f"compiled in {row['compile_s']:.1f} s", file=sys.stderr)
     sys.path.insert(0, HERE)
     import results_io  # noqa: PLC0415 - benchmarks/ is on sys.path only from here on
 

@@ -42,6 +42,9 @@ def base(interaction: str, use_ref_pose: bool, form: str) -> ml_collections.Conf
     # interaction (a reference that sees the target cannot be cached) and two_pass otherwise
     c.train.form = form or ("joint" if interaction == "full" else "two_pass")
     c.train.nan_policy = "skip"  # non-finite loss/grads: skip the update | stop training (never checkpointed)
+    # JAX's persistent compilation cache: a restarted (e.g. preempted) run loads its compiled train step instead of
+    # compiling it again; relative to --workdir unless absolute (a folder shared by runs of one config) | "" = off
+    c.train.compilation_cache_dir = "compilation_cache"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.decay_steps = 1000  # wsd: the last steps, decaying linearly to 0 at total_steps (beat constant, docs/results.md)

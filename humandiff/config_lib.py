@@ -381,6 +381,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("data.resolution", res, "expected positive (height, width)")
     if config.task == "tryon" and config.data.source != "tfds":
         _fail("data.source", config.data.source, "the try-on stage reads a built VITON-HD dataset (tfds)")
+    cache = config.train.get("compilation_cache_dir", "")
+    if not isinstance(cache, str):
+        _fail("train.compilation_cache_dir", cache, "expected a folder path (relative: under --workdir) or '' (off)")
     chunk = config.model.get("attention_query_chunk", 0)
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
         _fail("model.attention_query_chunk", chunk, "must be an integer >= 0 (0 = all queries at once)")

@@ -90,8 +90,10 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
     first = next(data_iter)
     runtime.announce("compiling the train step ...")
     t0 = time.time()
-    compiled = state_lib.compile_step(config, models, mesh, state, frozen, state_sh, frozen_sh, first)
-    runtime.announce(f"compiled the train step in {time.time() - t0:.1f} s")
+    with runtime.compilation_cache_hits() as hits:
+        compiled = state_lib.compile_step(config, models, mesh, state, frozen, state_sh, frozen_sh, first)
+    done = "loaded the train step from the compilation cache" if hits else "compiled the train step"
+    runtime.announce(f"{done} in {time.time() - t0:.1f} s")
     writer = MetricWriter(os.path.join(workdir, "tb"))
 
     # ----------------------------------------------------------------------------------------------- loop
@@ -203,6 +205,8 @@ def main(argv) -> None:
         config = _CONFIG.value
         runtime.use_memory_scheduler_on_cpu()
         runtime.use_cpu_devices(config_lib.cpu_devices(config))
+        runtime.use_compilation_cache(runtime.compilation_cache_dir(config.train.get("compilation_cache_dir", ""),
+                                                                    _WORKDIR.value))
         runtime.maybe_initialize_distributed()
         config_lib.validate(config, num_devices=jax.device_count())
         with logging_redirect_tqdm():

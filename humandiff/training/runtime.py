@@ -1,15 +1,18 @@
-"""Process set-up before JAX starts (XLA:CPU scheduler, CPU device count, multi-process initialisation), the
-per-step random key, and the trainer's start-up lines for the person at the terminal (`announce`, `describe`).
+"""Process set-up before JAX starts (XLA:CPU scheduler, CPU device count, persistent compilation cache,
+multi-process initialisation), the per-step random key, and the trainer's start-up lines for the person at the
+terminal (`announce`, `describe`).
 
-The three `use_*` / `maybe_*` functions only take effect before JAX's first computation; the trainer
+The `use_*` / `maybe_*` functions only take effect before JAX's first computation; the trainer
 (`humandiff/train.py`), the benchmarks and the held-out evaluation CLI call them first thing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -45,6 +48,54 @@ def use_cpu_devices(count: int) -> None:
     """
     if count and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         jax.config.update("jax_num_cpu_devices", int(count))
+
+
+def compilation_cache_dir(setting: str, workdir: str) -> str:
+    """The folder of `config.train.compilation_cache_dir`: a relative path is under `workdir`, an absolute one (or a
+    URL such as gs://...) is used as given; "" stays "" (no cache)."""
+    if not setting:
+        return ""
+    return setting if "://" in setting or os.path.isabs(setting) else os.path.join(workdir, setting)
+
+
+def use_compilation_cache(path: str) -> None:
+    """Points JAX's persistent compilation cache at `path`, or turns the cache off when `path` is "" (also when
+    JAX_COMPILATION_CACHE_DIR is set: "" means this process writes no cache). Call before JAX's first compile.
+
+    A process that finds its train step there loads the executable instead of compiling it: a restarted run skips
+    the compile (the demo benchmark's step: 76-85 s to compile on one loaded CPU core) and the compiler's memory
+    peak (docs/results.md, issue 24). JAX's own threshold stays: only compiles that took at least
+    `jax_persistent_cache_min_compile_time_secs` (1 s by default) are written. Only process 0 writes; the others
+    read, so on several hosts the folder must be one they share (as the checkpoints are).
+
+    Raises:
+      NotADirectoryError: `path` exists and is not a folder.
+    """
+    if not path:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    if "://" not in path and os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"config.train.compilation_cache_dir: {path} is a file, not a folder; pass another "
+                                 "path, or '' for no compilation cache")
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", path)
+
+
+@contextlib.contextmanager
+def compilation_cache_hits() -> Iterator[list]:
+    """Collects JAX's persistent-cache hits inside the block (`jax.monitoring` events; one item per executable
+    loaded from the cache instead of compiled)."""
+    hits: list = []
+
+    def listen(event: str, **kwargs) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            hits.append(event)
+
+    jax.monitoring.register_event_listener(listen)
+    try:
+        yield hits
+    finally:
+        jax.monitoring.unregister_event_listener(listen)
 
 
 def maybe_initialize_distributed() -> None:

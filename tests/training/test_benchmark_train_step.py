@@ -27,3 +27,21 @@ def test_compile_only_reports_flops_and_memory(tmp_path, monkeypatch):
         assert memory["alias_size_in_bytes"] > 0  # the state is donated
         assert memory["step_bytes"] == (memory["argument_size_in_bytes"] + memory["temp_size_in_bytes"]
                                         + memory["output_size_in_bytes"] - memory["alias_size_in_bytes"]) > 0
+
+
+def test_phase_peaks_are_each_phases_own():
+    """`end_phase` restarts the kernel's peak count, so a phase after a 200 MB allocation does not inherit its peak;
+    `max_phase_peak` still sees it (Linux /proc; elsewhere nothing is recorded)."""
+    import numpy as np  # noqa: PLC0415
+
+    if not bench.resident_mb():
+        return
+    phases: dict = {}
+    bench.end_phase(phases, "before")
+    block = np.ones(50_000_000, np.float32)  # 200 MB, touched
+    del block
+    bench.end_phase(phases, "allocated")
+    bench.end_phase(phases, "after")
+    assert phases["allocated"]["peak"] >= phases["before"]["rss"] + 150, phases
+    assert phases["after"]["peak"] < phases["allocated"]["peak"] - 150, phases
+    assert bench.max_phase_peak(phases) == phases["allocated"]["peak"]

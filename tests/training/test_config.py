@@ -73,6 +73,7 @@ BAD = [
     ("train.form", "three_pass", "train.form='three_pass'"),
     ("train.nan_policy", "ignore", "train.nan_policy='ignore'"),
     ("train.compute_dtype", "float16", "train.compute_dtype='float16'"),
+    ("train.compilation_cache_dir", None, "train.compilation_cache_dir=None"),
     ("data.drop_prob", 1.5, "data.drop_prob=1.5"),
     ("diffusion.ref_timestep", 1000, "diffusion.ref_timestep=1000"),
     ("optim.frozen", ("vae/[",), "optim.frozen='vae/\\['"),
