@@ -125,8 +125,9 @@ def trace_events(trace_dir: str) -> list[dict]:
     return [e for e in events if e.get("ph") == "X"]
 
 
-def profile(hlo: dict, events: list[dict], steps: int) -> dict:
-    """Seconds per step and GFLOP/s per category, and the 25 costliest instructions."""
+def profile(hlo: dict, events: list[dict], steps: int, part=part_of) -> dict:
+    """Seconds per step and GFLOP/s per category, and the 25 costliest instructions (`part`: JAX op name -> model
+    part; the default is the train step's `part_of`)."""
     per_name, calls = collections.Counter(), collections.Counter()
     for e in events:
         if e["name"] in hlo and hlo[e["name"]]["op"] not in ("while", "call", "conditional"):
@@ -134,7 +135,7 @@ def profile(hlo: dict, events: list[dict], steps: int) -> dict:
             calls[e["name"]] += 1
     comps = by_computation(hlo)
     cats = collections.defaultdict(lambda: {"s": 0.0, "flops": 0.0, "count": 0})
-    parts = collections.Counter()
+    parts, part_flops = collections.Counter(), collections.Counter()
     top = []
     for name, s in per_name.items():
         cat, flops = classify(hlo, comps, name)
@@ -143,7 +144,8 @@ def profile(hlo: dict, events: list[dict], steps: int) -> dict:
         cats[cat]["s"] += s
         cats[cat]["flops"] += flops * trips
         cats[cat]["count"] += 1
-        parts[part_of(hlo[name]["jax_op"])] += s
+        parts[part(hlo[name]["jax_op"])] += s
+        part_flops[part(hlo[name]["jax_op"])] += flops * trips
         top.append({"name": name, "category": cat, "s_per_step": s, "gflop": flops * trips / 1e9,
                     "shape": hlo[name]["shape"], "jax_op": hlo[name]["jax_op"][-120:]})
     total = sum(c["s"] for c in cats.values())
@@ -152,6 +154,7 @@ def profile(hlo: dict, events: list[dict], steps: int) -> dict:
         c["gflop_per_s"] = c["flops"] / c["s"] / 1e9 if c["s"] and c["flops"] else None
     return {"categories": dict(sorted(cats.items(), key=lambda kv: -kv[1]["s"])), "traced_op_s_per_step": total,
             "parts_s_per_step": dict(parts.most_common()),
+            "parts_gflop_per_step": {k: part_flops[k] / 1e9 for k, _ in parts.most_common()},
             "top": sorted(top, key=lambda r: -r["s_per_step"])[:25]}
 
 
