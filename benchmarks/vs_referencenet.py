@@ -232,21 +232,6 @@ def _humandiff_config(overrides: dict, key_block: int | None):
     return config
 
 
-def _cache_events() -> dict:
-    """Counts of JAX's compilation-cache monitoring events in this process (hits, misses, ...), from now on."""
-    import jax
-
-    counts: dict = {}
-
-    def listen(event: str, **kwargs) -> None:
-        if event.startswith("/jax/compilation_cache/"):
-            name = event.rsplit("/", 1)[-1]
-            counts[name] = counts.get(name, 0) + 1
-
-    jax.monitoring.register_event_listener(listen)
-    return counts
-
-
 def _cache_row(cache_events: dict, entries_before: int | None) -> dict:
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
     if not cache:
@@ -268,16 +253,15 @@ def _humandiff_side(steps: int, warmup: int, overrides: dict, key_block: int | N
     sys.path.insert(0, HERE)
     import jax
 
-    from humandiff.training import modeling
+    from humandiff.training import modeling, runtime
     import train_step as bench  # benchmarks/train_step.py
 
     phases: dict = {}
     bench.end_phase(phases, "import")
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
     entries_before = len(os.listdir(cache)) if cache and os.path.isdir(cache) else 0
-    events = _cache_events()
-    config = _humandiff_config(overrides, key_block)
-    with tempfile.TemporaryDirectory() as workdir:
+    with runtime.compilation_cache_events() as events, tempfile.TemporaryDirectory() as workdir:
+        config = _humandiff_config(overrides, key_block)
         f = bench.build(config, workdir, {"vae": _channel_pad()}, allocate=not compile_only, count_flops=False,
                         phases=phases)
     common = {"compile_s": f["compile_s"], "xla_memory": bench._memory(f["compiled"]), "rss_phases": phases,

@@ -90,9 +90,9 @@ def train_and_evaluate(config, workdir: str, *, models: modeling.Models | None =
     first = next(data_iter)
     runtime.announce("compiling the train step ...")
     t0 = time.time()
-    with runtime.compilation_cache_hits() as hits:
+    with runtime.compilation_cache_events() as events:
         compiled = state_lib.compile_step(config, models, mesh, state, frozen, state_sh, frozen_sh, first)
-    done = "loaded the train step from the compilation cache" if hits else "compiled the train step"
+    done = "loaded the train step from the compilation cache" if events.get("cache_hits") else "compiled the train step"
     runtime.announce(f"{done} in {time.time() - t0:.1f} s")
     writer = MetricWriter(os.path.join(workdir, "tb"))
 

@@ -82,18 +82,19 @@ def use_compilation_cache(path: str) -> None:
 
 
 @contextlib.contextmanager
-def compilation_cache_hits() -> Iterator[list]:
-    """Collects JAX's persistent-cache hits inside the block (`jax.monitoring` events; one item per executable
-    loaded from the cache instead of compiled)."""
-    hits: list = []
+def compilation_cache_events() -> Iterator[dict]:
+    """Counts JAX's persistent-cache monitoring events inside the block, by name (`cache_hits`: an executable
+    loaded from the cache instead of compiled; `cache_misses`, ...)."""
+    counts: dict = {}
 
     def listen(event: str, **kwargs) -> None:
-        if event == "/jax/compilation_cache/cache_hits":
-            hits.append(event)
+        if event.startswith("/jax/compilation_cache/"):
+            name = event.rsplit("/", 1)[-1]
+            counts[name] = counts.get(name, 0) + 1
 
     jax.monitoring.register_event_listener(listen)
     try:
-        yield hits
+        yield counts
     finally:
         jax.monitoring.unregister_event_listener(listen)
 
