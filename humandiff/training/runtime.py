@@ -19,7 +19,9 @@ import numpy as np
 
 from humandiff.training import sharding
 
-CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+CPU_SCHEDULER_FLAG = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+# Either spelling in XLA_FLAGS is the user's choice; the second is deprecated in jaxlib 0.10 (still honoured).
+_SCHEDULER_FLAGS = ("--xla_cpu_scheduler_type", "--xla_cpu_enable_concurrency_optimized_scheduler")
 
 
 def use_memory_scheduler_on_cpu() -> None:
@@ -33,7 +35,7 @@ def use_memory_scheduler_on_cpu() -> None:
     GPU and TPU compiles ignore the flag.
     """
     current = os.environ.get("XLA_FLAGS", "")
-    if CPU_SCHEDULER_FLAG.split("=")[0] not in current:
+    if not any(flag in current for flag in _SCHEDULER_FLAGS):
         os.environ["XLA_FLAGS"] = f"{current} {CPU_SCHEDULER_FLAG}".strip()
 
 

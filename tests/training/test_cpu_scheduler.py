@@ -40,10 +40,13 @@ def _run(xla_flags: str) -> tuple[str, int]:
 def test_memory_scheduler_is_added_and_shrinks_temporaries():
     flags, temp_memory = _run("--xla_force_host_platform_device_count=2")
     assert flags == f"--xla_force_host_platform_device_count=2 {runtime.CPU_SCHEDULER_FLAG}"
-    chosen = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+    flags, temp_default = _run("--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT")  # the user's choice stands:
+    assert flags == "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT"
+    assert temp_memory < temp_default, (temp_memory, temp_default)  # measured 163840 vs 360448 bytes
+    chosen = "--xla_cpu_enable_concurrency_optimized_scheduler=true"  # the deprecated spelling is a choice too
     flags, temp_concurrent = _run(chosen)
-    assert flags == chosen  # the user's choice stands
-    assert temp_memory < temp_concurrent, (temp_memory, temp_concurrent)  # measured 163840 vs 360448 bytes
+    assert flags == chosen
+    assert temp_concurrent == temp_default, (temp_concurrent, temp_default)
 
 
 _DEVICES = """
