@@ -447,8 +447,8 @@ def main(argv=None) -> int:
         for side, spec in sides.items():
             runs[side].append(run_child(side, spec, args))
             row = runs[side][-1]
-            print(f"{side}: {row['median_step_s']:.3f} s/step, {row['peak_rss_mb']:.0f} MB, "
-                  f"compiled in {row['compile_s']:.1f} s", file=sys.stderr)
+            compiled = f", compiled in {row['compile_s']:.1f} s" if "compile_s" in row else ""
+            print(f"{side}: {row['median_step_s']:.3f} s/step, {row['peak_rss_mb']:.0f} MB{compiled}", file=sys.stderr)
     sys.path.insert(0, HERE)
     import results_io  # noqa: PLC0415 - benchmarks/ is on sys.path only from here on
 
