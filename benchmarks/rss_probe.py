@@ -17,20 +17,15 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import re
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import profile_step  # noqa: E402
 import results_io  # noqa: E402
 import train_step as bench  # noqa: E402
-
-
-def instruction_count(compiled) -> int:
-    """Instructions of the optimised HLO module, fused computations included (one `%name = ...` line each)."""
-    return len(re.findall(r"^\s+(?:ROOT )?%\S+ = ", compiled.as_text(), re.M))
 
 
 def main() -> None:
@@ -52,7 +47,8 @@ def main() -> None:
                             count_flops=False, phases=phases)
     built_s = built["compile_s"]
     memory = bench._memory(built["compiled"])
-    instructions = instruction_count(built["compiled"])  # its text is freed before "trim" is recorded
+    # Fused computations included; the module's text is freed before "trim" is recorded.
+    instructions = len(profile_step.parse_hlo(built["compiled"].as_text()))
     bench.release_freed_memory()
     bench.end_phase(phases, "trim")
     jax.clear_caches()
